@@ -1,0 +1,1 @@
+"""async-endpoints: asynchronous request-reply endpoints for Flask."""

@@ -1,0 +1,196 @@
+"""The job model: plain values shared by the manager, the stores and the views."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, TypeAlias
+from uuid import UUID
+
+JSONValue: TypeAlias = (
+    dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
+)
+"""Any value that :func:`json.dumps` takes as it is."""
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its life. The values are the contract's status names."""
+
+    QUEUED = "Queued"
+    SCHEDULED = "Scheduled"
+    IN_PROGRESS = "InProgress"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+
+    @property
+    def is_finished(self) -> bool:
+        """True for the statuses a job never leaves: Completed, Failed, Canceled."""
+        return self in _FINISHED
+
+    @property
+    def is_waiting(self) -> bool:
+        """True for Queued and Scheduled: the job waits for a worker."""
+        return self in _WAITING
+
+
+_FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED})
+_WAITING = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorInfo:
+    """A failure recorded on a job: data, not an exception.
+
+    :param type: the exception's class name, e.g. ``"ValueError"``.
+    :param message: ``str(exception)``.
+    :param stack_trace: the formatted traceback, or ``None``.
+    """
+
+    type: str
+    message: str
+    stack_trace: str | None = None
+
+    def to_dict(self, *, expose_traceback: bool = True) -> dict[str, JSONValue]:
+        """The ``error`` member of the job JSON."""
+        return {
+            "type": self.type,
+            "message": self.message,
+            "stackTrace": self.stack_trace if expose_traceback else None,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """What a handler reported through ``ctx.report_progress``.
+
+    :param fraction: between 0 and 1.
+    :param message: optional free text.
+    """
+
+    fraction: float
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        """The ``progress`` member of the job JSON."""
+        return {"fraction": self.fraction, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """One submitted request and everything known about its execution.
+
+    Times are epoch seconds (``time.time()``); :meth:`to_dict` renders them as
+    ISO 8601 UTC. ``due_at`` is when a waiting job may next be claimed.
+    """
+
+    id: UUID
+    name: str
+    status: JobStatus
+    max_retries: int
+    created_at: float
+    last_updated_at: float
+    retry_count: int = 0
+    started_at: float | None = None
+    completed_at: float | None = None
+    due_at: float | None = None
+    payload: JSONValue = None
+    headers: dict[str, str] = field(default_factory=dict)
+    route_params: dict[str, str] = field(default_factory=dict)
+    query_params: dict[str, list[str]] = field(default_factory=dict)
+    owner: str | None = None
+    result: JSONValue = None
+    error: ErrorInfo | None = None
+    progress: Progress | None = None
+    cancel_requested: bool = False
+
+    @property
+    def attempt(self) -> int:
+        """The number of the current (or next) attempt: ``retry_count + 1``."""
+        return self.retry_count + 1
+
+    def to_dict(self, *, expose_traceback: bool = True) -> dict[str, JSONValue]:
+        """The job JSON of the HTTP API (camelCase keys, ``null`` where unset).
+
+        :param expose_traceback: include ``error.stackTrace``; ``None`` otherwise.
+        """
+        waiting = self.status is JobStatus.SCHEDULED
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "status": self.status.value,
+            "retryCount": self.retry_count,
+            "maxRetries": self.max_retries,
+            "createdAt": format_timestamp(self.created_at),
+            "startedAt": format_timestamp(self.started_at),
+            "completedAt": format_timestamp(self.completed_at),
+            "lastUpdatedAt": format_timestamp(self.last_updated_at),
+            "nextAttemptAt": format_timestamp(self.due_at) if waiting else None,
+            "result": self.result,
+            "error": (
+                self.error.to_dict(expose_traceback=expose_traceback)
+                if self.error
+                else None
+            ),
+            "progress": self.progress.to_dict() if self.progress else None,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claim:
+    """A worker's lease on a job it runs.
+
+    :param job: the job as it was claimed (status InProgress).
+    :param token: the fencing token; only its holder may finish the job.
+    :param lease_until: epoch seconds when the lease ends unless renewed.
+    """
+
+    job: Job
+    token: str
+    lease_until: float
+
+    @property
+    def job_id(self) -> UUID:
+        """The claimed job's id."""
+        return self.job.id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeartbeatResult:
+    """What a heartbeat learned about the claims it renewed.
+
+    :param held: ids of jobs whose lease was renewed (the others were lost).
+    :param cancel_requested: ids among ``held`` whose cancellation was asked for.
+    """
+
+    held: frozenset[UUID]
+    cancel_requested: frozenset[UUID] = frozenset()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Idempotency:
+    """An idempotency key as the store sees it.
+
+    :param key: scoped by the manager to handler and owner.
+    :param fingerprint: digest of the request; a repeat must match it.
+    :param ttl: seconds the key is remembered.
+    """
+
+    key: str
+    fingerprint: str
+    ttl: float
+
+
+def format_timestamp(ts: float | None) -> str | None:
+    """Render epoch seconds as ISO 8601 UTC with millisecond precision and ``Z``."""
+    if ts is None:
+        return None
+    moment = datetime.fromtimestamp(ts, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def retry_after_seconds(seconds: float) -> int:
+    """A ``Retry-After`` value: whole seconds, at least 1."""
+    return max(1, math.ceil(seconds))

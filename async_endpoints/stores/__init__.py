@@ -1,0 +1,44 @@
+"""Job stores: the ``JobStore`` protocol, its implementations, and ``open_store``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from async_endpoints.errors import ConfigurationError
+from async_endpoints.stores.base import JobStore
+from async_endpoints.stores.memory import MemoryStore
+
+__all__ = ["JobStore", "MemoryStore", "open_store"]
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def open_store(target: Any, *, prefix: str = "async_endpoints") -> JobStore:
+    """Turn a URL, a redis client or a store into a :class:`JobStore`.
+
+    :param target: ``"memory://"``, a ``redis://``/``rediss://``/``unix://`` URL, a
+        ``redis.Redis`` client, or an object that already is a store.
+    :param prefix: the Redis key namespace (``ASYNC_ENDPOINTS_KEY_PREFIX``).
+    :raises ConfigurationError: the URL's scheme is not supported.
+    """
+    import redis
+
+    from async_endpoints.stores.redis import RedisStore
+
+    if isinstance(target, str):
+        if target == "memory://":
+            return MemoryStore()
+        if target.startswith(_REDIS_SCHEMES):
+            return RedisStore.from_url(target, prefix=prefix)
+        raise ConfigurationError(
+            f"ASYNC_ENDPOINTS_STORE_URL={target!r} is not supported: use 'memory://' "
+            "or a redis://, rediss:// or unix:// URL."
+        )
+    if isinstance(target, redis.Redis):
+        return RedisStore(target, prefix=prefix)
+    if hasattr(target, "claim") and hasattr(target, "submit"):
+        store: JobStore = target
+        return store
+    raise ConfigurationError(
+        f"store={target!r} is neither a JobStore, a redis.Redis client nor a URL."
+    )

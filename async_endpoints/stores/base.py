@@ -1,0 +1,148 @@
+"""The ``JobStore`` protocol: what a job store must do, and promise.
+
+A store persists jobs and performs each state transition **atomically**. It holds
+no clock: every method that depends on time takes ``now`` (epoch seconds), read once
+by the caller. It decides nothing about retries either: the manager asks tenacity
+and passes the answer (``retry_at``) down.
+
+The contract, enforced by ``tests/stores/test_contract.py`` against every backend:
+
+* ``submit`` stores a new job as Queued, due at ``now``; it raises
+  :class:`~async_endpoints.errors.QueueFullError` when ``max_queue_size`` (> 0)
+  jobs already wait (Queued + Scheduled). With an :class:`Idempotency`, a live key
+  returns the job it made, without the queue check (and raises
+  :class:`~async_endpoints.errors.IdempotencyConflictError` when the fingerprint
+  differs); two racing submissions with one key make one job.
+* ``claim`` atomically takes up to ``limit`` waiting jobs whose due time has come,
+  earliest first, marks them InProgress with ``started_at = now``, and leases each
+  one to the caller until ``now + lease`` under a fresh, unique token.
+* Every change after a claim (``complete``, ``fail``, ``report_progress``,
+  ``heartbeat``, ``release``) is accepted only with the job's current token
+  (fencing) and returns whether it applied. A lost race is ``False``, not an error.
+* ``complete``/``fail`` on a job whose cancellation was requested end it Canceled.
+  ``fail`` with ``retry_at`` makes the job Scheduled, due then, one retry more;
+  without it the job is Failed. Finished jobs expire ``ttl`` seconds after ``now``.
+* ``release`` hands claimed jobs back as Queued, due at once, counting no attempt.
+* ``cancel`` ends a waiting job Canceled at once, flags a running one
+  (``cancel_requested``), answers a Canceled job as it is, and raises
+  :class:`~async_endpoints.errors.JobFinishedError` for a Completed/Failed one and
+  :class:`~async_endpoints.errors.JobNotFoundError` for an unknown one.
+* ``recover_expired`` re-claims, for ``owner`` and under fresh tokens, jobs whose
+  lease ended before ``now``; exactly one of several concurrent callers gets each
+  one. The caller then fails them through ``fail`` (counted as an attempt).
+* Infrastructure failures raise
+  :class:`~async_endpoints.errors.StoreUnavailableError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+from uuid import UUID
+
+from async_endpoints.jobs import (
+    Claim,
+    ErrorInfo,
+    HeartbeatResult,
+    Idempotency,
+    Job,
+    JSONValue,
+    Progress,
+)
+
+
+class JobStore(Protocol):
+    """Persists jobs and performs each state transition atomically.
+
+    See the module docstring for the contract every implementation keeps.
+    """
+
+    def submit(
+        self,
+        job: Job,
+        *,
+        max_queue_size: int,
+        idempotency: Idempotency | None = None,
+        now: float,
+    ) -> Job:
+        """Store ``job`` as Queued and due at ``now``; return the stored job.
+
+        With ``idempotency`` whose key is live, return the job it made instead.
+
+        :raises QueueFullError: ``max_queue_size`` > 0 jobs already wait.
+        :raises IdempotencyConflictError: the key was used with another fingerprint.
+        """
+        ...
+
+    def get(self, job_id: UUID, *, now: float) -> Job | None:
+        """The job with this id, or ``None`` if unknown or expired."""
+        ...
+
+    def claim(self, owner: str, *, limit: int, lease: float, now: float) -> list[Claim]:
+        """Lease up to ``limit`` due jobs to ``owner``, earliest due first."""
+        ...
+
+    def heartbeat(
+        self, claims: Sequence[Claim], *, lease: float, now: float
+    ) -> HeartbeatResult:
+        """Renew the leases of ``claims`` still held, in one operation."""
+        ...
+
+    def complete(
+        self, claim: Claim, result: JSONValue, *, ttl: float, now: float
+    ) -> bool:
+        """Mark the job Completed with ``result`` (Canceled if cancel was asked)."""
+        ...
+
+    def fail(
+        self,
+        claim: Claim,
+        error: ErrorInfo,
+        *,
+        retry_at: float | None,
+        ttl: float,
+        now: float,
+    ) -> bool:
+        """Record a failed attempt: Scheduled at ``retry_at``, or Failed if ``None``."""
+        ...
+
+    def report_progress(self, claim: Claim, progress: Progress, *, now: float) -> bool:
+        """Record the running job's progress."""
+        ...
+
+    def release(self, claims: Sequence[Claim], *, now: float) -> None:
+        """Hand claimed jobs back to the queue without counting an attempt."""
+        ...
+
+    def cancel(self, job_id: UUID, *, ttl: float, now: float) -> Job:
+        """Cancel a waiting job, or flag a running one; return the job.
+
+        :raises JobNotFoundError: no such job.
+        :raises JobFinishedError: the job is Completed or Failed.
+        """
+        ...
+
+    def recover_expired(
+        self, owner: str, *, limit: int, lease: float, now: float
+    ) -> list[Claim]:
+        """Re-claim for ``owner`` up to ``limit`` jobs whose lease has expired."""
+        ...
+
+    def queue_size(self) -> int:
+        """How many jobs wait (Queued + Scheduled)."""
+        ...
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Block up to ``timeout`` seconds, or until new work may be due.
+
+        Spurious wake-ups are allowed; callers claim and wait again.
+        """
+        ...
+
+    def wait_for_end(self, job_id: UUID, timeout: float) -> None:
+        """Block up to ``timeout`` seconds, or until the job may have ended."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and wake blocked waiters."""
+        ...

@@ -1,0 +1,355 @@
+"""``MemoryStore``: the embedded, single-process job store."""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from uuid import UUID
+
+from async_endpoints.errors import (
+    IdempotencyConflictError,
+    JobFinishedError,
+    JobNotFoundError,
+    QueueFullError,
+)
+from async_endpoints.jobs import (
+    Claim,
+    ErrorInfo,
+    HeartbeatResult,
+    Idempotency,
+    Job,
+    JobStatus,
+    JSONValue,
+    Progress,
+)
+
+
+@dataclasses.dataclass(slots=True)
+class _Lease:
+    token: str
+    owner: str
+    until: float
+
+
+class MemoryStore:
+    """Keeps jobs in this process's memory. **Single-process only.**
+
+    Under gunicorn with several workers each process has its own jobs, so a status
+    request that lands on another process answers 404: use the Redis store there.
+    It is the default (``memory://``) for development and tests, and implements the
+    whole :class:`~async_endpoints.stores.base.JobStore` contract with one lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._jobs: dict[UUID, Job] = {}
+        self._leases: dict[UUID, _Lease] = {}
+        # Heaps with lazy deletion: an entry counts only while it matches the job.
+        self._ready: list[tuple[float, int, UUID]] = []
+        self._expiry: list[tuple[float, UUID]] = []
+        self._expires_at: dict[UUID, float] = {}
+        self._idempotency: dict[str, tuple[UUID, str, float]] = {}
+        self._seq = 0
+        self._waiting = 0
+        self._generation = 0
+
+    def __repr__(self) -> str:
+        return "<MemoryStore>"
+
+    # -- helpers (lock held) -------------------------------------------------
+
+    def _put(self, job: Job) -> None:
+        old = self._jobs.get(job.id)
+        was_waiting = old is not None and old.status.is_waiting
+        self._jobs[job.id] = job
+        self._waiting += int(job.status.is_waiting) - int(was_waiting)
+        if job.status.is_waiting:
+            assert job.due_at is not None
+            self._seq += 1
+            heapq.heappush(self._ready, (job.due_at, self._seq, job.id))
+        self._generation += 1
+        self._changed.notify_all()
+
+    def _finish(self, job: Job, ttl: float, now: float) -> None:
+        self._put(job)
+        self._leases.pop(job.id, None)
+        self._expires_at[job.id] = now + ttl
+        heapq.heappush(self._expiry, (now + ttl, job.id))
+
+    def _purge(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] <= now:
+            at, job_id = heapq.heappop(self._expiry)
+            if self._expires_at.get(job_id) == at:
+                del self._expires_at[job_id]
+                self._jobs.pop(job_id, None)
+
+    def _held(self, claim: Claim) -> Job | None:
+        lease = self._leases.get(claim.job_id)
+        if lease is None or lease.token != claim.token:
+            return None
+        return self._jobs.get(claim.job_id)
+
+    def _lease(self, job: Job, owner: str, lease: float, now: float) -> Claim:
+        token = uuid.uuid4().hex
+        self._leases[job.id] = _Lease(token=token, owner=owner, until=now + lease)
+        return Claim(job=job, token=token, lease_until=now + lease)
+
+    # -- JobStore ------------------------------------------------------------
+
+    def submit(
+        self,
+        job: Job,
+        *,
+        max_queue_size: int,
+        idempotency: Idempotency | None = None,
+        now: float,
+    ) -> Job:
+        """See :meth:`JobStore.submit`."""
+        with self._lock:
+            self._purge(now)
+            if idempotency is not None:
+                known = self._idempotency.get(idempotency.key)
+                if known is not None and known[2] > now and known[0] in self._jobs:
+                    if known[1] != idempotency.fingerprint:
+                        raise IdempotencyConflictError(
+                            "This Idempotency-Key was already used with a different "
+                            "request; send a new key for a new request."
+                        )
+                    return self._jobs[known[0]]
+            if 0 < max_queue_size <= self._waiting:
+                raise QueueFullError(
+                    f"The queue is full ({max_queue_size} jobs wait); try again later."
+                )
+            stored = dataclasses.replace(
+                job, status=JobStatus.QUEUED, due_at=now, last_updated_at=now
+            )
+            self._put(stored)
+            if idempotency is not None:
+                self._idempotency[idempotency.key] = (
+                    job.id,
+                    idempotency.fingerprint,
+                    now + idempotency.ttl,
+                )
+            return stored
+
+    def get(self, job_id: UUID, *, now: float) -> Job | None:
+        """See :meth:`JobStore.get`."""
+        with self._lock:
+            expires_at = self._expires_at.get(job_id)
+            if expires_at is not None and expires_at <= now:
+                self._purge(now)
+                return None
+            return self._jobs.get(job_id)
+
+    def claim(self, owner: str, *, limit: int, lease: float, now: float) -> list[Claim]:
+        """See :meth:`JobStore.claim`."""
+        claims: list[Claim] = []
+        with self._lock:
+            self._purge(now)
+            while self._ready and len(claims) < limit and self._ready[0][0] <= now:
+                due_at, _, job_id = heapq.heappop(self._ready)
+                job = self._jobs.get(job_id)
+                if job is None or not job.status.is_waiting or job.due_at != due_at:
+                    continue
+                running = dataclasses.replace(
+                    job,
+                    status=JobStatus.IN_PROGRESS,
+                    started_at=now,
+                    due_at=None,
+                    last_updated_at=now,
+                )
+                self._put(running)
+                claims.append(self._lease(running, owner, lease, now))
+        return claims
+
+    def heartbeat(
+        self, claims: Sequence[Claim], *, lease: float, now: float
+    ) -> HeartbeatResult:
+        """See :meth:`JobStore.heartbeat`."""
+        held: set[UUID] = set()
+        canceling: set[UUID] = set()
+        with self._lock:
+            for claim in claims:
+                job = self._held(claim)
+                if job is None:
+                    continue
+                self._leases[claim.job_id].until = now + lease
+                held.add(claim.job_id)
+                if job.cancel_requested:
+                    canceling.add(claim.job_id)
+        return HeartbeatResult(held=frozenset(held), cancel_requested=frozenset(canceling))
+
+    def complete(
+        self, claim: Claim, result: JSONValue, *, ttl: float, now: float
+    ) -> bool:
+        """See :meth:`JobStore.complete`."""
+        with self._lock:
+            job = self._held(claim)
+            if job is None:
+                return False
+            status = JobStatus.CANCELED if job.cancel_requested else JobStatus.COMPLETED
+            done = dataclasses.replace(
+                job,
+                status=status,
+                result=result if status is JobStatus.COMPLETED else None,
+                error=None,
+                completed_at=now,
+                last_updated_at=now,
+            )
+            self._finish(done, ttl, now)
+            return True
+
+    def fail(
+        self,
+        claim: Claim,
+        error: ErrorInfo,
+        *,
+        retry_at: float | None,
+        ttl: float,
+        now: float,
+    ) -> bool:
+        """See :meth:`JobStore.fail`."""
+        with self._lock:
+            job = self._held(claim)
+            if job is None:
+                return False
+            if job.cancel_requested:
+                done = dataclasses.replace(
+                    job,
+                    status=JobStatus.CANCELED,
+                    error=error,
+                    completed_at=now,
+                    last_updated_at=now,
+                )
+                self._finish(done, ttl, now)
+            elif retry_at is None:
+                done = dataclasses.replace(
+                    job,
+                    status=JobStatus.FAILED,
+                    error=error,
+                    completed_at=now,
+                    last_updated_at=now,
+                )
+                self._finish(done, ttl, now)
+            else:
+                self._leases.pop(job.id, None)
+                self._put(
+                    dataclasses.replace(
+                        job,
+                        status=JobStatus.SCHEDULED,
+                        retry_count=job.retry_count + 1,
+                        error=error,
+                        due_at=retry_at,
+                        last_updated_at=now,
+                    )
+                )
+            return True
+
+    def report_progress(self, claim: Claim, progress: Progress, *, now: float) -> bool:
+        """See :meth:`JobStore.report_progress`."""
+        with self._lock:
+            job = self._held(claim)
+            if job is None:
+                return False
+            self._put(dataclasses.replace(job, progress=progress, last_updated_at=now))
+            return True
+
+    def release(self, claims: Sequence[Claim], *, now: float) -> None:
+        """See :meth:`JobStore.release`."""
+        with self._lock:
+            for claim in claims:
+                job = self._held(claim)
+                if job is None:
+                    continue
+                self._leases.pop(job.id)
+                self._put(
+                    dataclasses.replace(
+                        job, status=JobStatus.QUEUED, due_at=now, last_updated_at=now
+                    )
+                )
+
+    def cancel(self, job_id: UUID, *, ttl: float, now: float) -> Job:
+        """See :meth:`JobStore.cancel`."""
+        with self._lock:
+            self._purge(now)
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFoundError(f"No job with id {job_id}.")
+            if job.status is JobStatus.CANCELED:
+                return job
+            if job.status.is_finished:
+                raise JobFinishedError(
+                    f"Job {job_id} has already ended ({job.status.value})."
+                )
+            if job.status is JobStatus.IN_PROGRESS:
+                flagged = dataclasses.replace(
+                    job, cancel_requested=True, last_updated_at=now
+                )
+                self._put(flagged)
+                return flagged
+            done = dataclasses.replace(
+                job,
+                status=JobStatus.CANCELED,
+                cancel_requested=True,
+                due_at=None,
+                completed_at=now,
+                last_updated_at=now,
+            )
+            self._finish(done, ttl, now)
+            return done
+
+    def recover_expired(
+        self, owner: str, *, limit: int, lease: float, now: float
+    ) -> list[Claim]:
+        """See :meth:`JobStore.recover_expired`."""
+        claims: list[Claim] = []
+        with self._lock:
+            expired = sorted(
+                (lease_.until, job_id)
+                for job_id, lease_ in self._leases.items()
+                if lease_.until <= now
+            )
+            for _, job_id in expired[:limit]:
+                job = self._jobs.get(job_id)
+                if job is None:
+                    del self._leases[job_id]
+                    continue
+                claims.append(self._lease(job, owner, lease, now))
+        return claims
+
+    def queue_size(self) -> int:
+        """See :meth:`JobStore.queue_size`."""
+        with self._lock:
+            return self._waiting
+
+    def wait_for_work(self, timeout: float) -> None:
+        """See :meth:`JobStore.wait_for_work`.
+
+        Wakes on any change, or when the earliest scheduled job falls due.
+        """
+        with self._lock:
+            if self._ready:
+                timeout = min(timeout, max(0.0, self._ready[0][0] - time.time()))
+            generation = self._generation
+            self._changed.wait_for(lambda: self._generation != generation, timeout)
+
+    def wait_for_end(self, job_id: UUID, timeout: float) -> None:
+        """See :meth:`JobStore.wait_for_end`."""
+
+        def ended() -> bool:
+            job = self._jobs.get(job_id)
+            return job is None or job.status.is_finished
+
+        with self._lock:
+            self._changed.wait_for(ended, timeout)
+
+    def close(self) -> None:
+        """Wake every blocked waiter; the jobs stay."""
+        with self._lock:
+            self._generation += 1
+            self._changed.notify_all()

@@ -1,0 +1,123 @@
+"""Shared fixtures: a Flask app with the extension, and a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+if TYPE_CHECKING:
+    from async_endpoints import AsyncEndpoints
+
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A redis-server this test session started on a loopback port."""
+
+    def __init__(self, binary: str) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="ae-redis-")
+        self.binary = binary
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1; skips when absent, unless ``CI`` is set."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed; .ci/run should install it")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(binary)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def app() -> Flask:
+    """A fresh app on the memory store with no background worker."""
+    app = Flask(__name__)
+    app.config.update(
+        TESTING=True,
+        ASYNC_ENDPOINTS_START_WORKER=False,
+    )
+    return app
+
+
+@pytest.fixture
+def ae(app: Flask) -> Iterator[AsyncEndpoints]:
+    """The extension, initialised on ``app``."""
+    from async_endpoints import AsyncEndpoints
+
+    ext = AsyncEndpoints(app)
+    yield ext
+    with app.app_context():
+        ext.shutdown()
+
+
+@pytest.fixture
+def client(app: Flask, ae: AsyncEndpoints) -> FlaskClient:
+    """A test client of ``app``."""
+    return app.test_client()

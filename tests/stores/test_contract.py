@@ -1,0 +1,482 @@
+"""The JobStore contract, once, against every store (memory, fakeredis, real Redis).
+
+A store that passes this suite is a store.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from async_endpoints.errors import (
+    IdempotencyConflictError,
+    JobFinishedError,
+    JobNotFoundError,
+    QueueFullError,
+)
+from async_endpoints.jobs import Claim, ErrorInfo, Idempotency, JobStatus, Progress
+from async_endpoints.stores import JobStore
+from tests.stores.conftest import make_job
+
+NOW = 1000.0
+LEASE = 30.0
+TTL = 3600.0
+BOOM = ErrorInfo(type="ValueError", message="boom", stack_trace="Traceback ...")
+
+
+def submit(store: JobStore, now: float = NOW, **overrides: object) -> uuid.UUID:
+    job = make_job(now=now, **overrides)
+    return store.submit(job, max_queue_size=0, now=now).id
+
+
+def claim_one(store: JobStore, now: float = NOW, owner: str = "w1") -> Claim:
+    claims = store.claim(owner, limit=1, lease=LEASE, now=now)
+    assert len(claims) == 1
+    return claims[0]
+
+
+def status(store: JobStore, job_id: uuid.UUID, now: float = NOW) -> JobStatus:
+    job = store.get(job_id, now=now)
+    assert job is not None
+    return job.status
+
+
+# -- submit and get -----------------------------------------------------------
+
+
+def test_submit_stores_a_queued_job_with_every_field(store: JobStore) -> None:
+    job = make_job(
+        payload={"data": "x", "n": [1, 2.5, None, True]},
+        headers={"x-trace": "t1"},
+        route_params={"tenant": "acme"},
+        query_params={"tag": ["a", "b"]},
+        owner="alice",
+        max_retries=5,
+    )
+    stored = store.submit(job, max_queue_size=0, now=NOW)
+    got = store.get(job.id, now=NOW)
+    assert got == stored
+    assert got is not None
+    assert got.status is JobStatus.QUEUED
+    assert got.due_at == NOW
+    assert got.payload == {"data": "x", "n": [1, 2.5, None, True]}
+    assert got.headers == {"x-trace": "t1"}
+    assert got.route_params == {"tenant": "acme"}
+    assert got.query_params == {"tag": ["a", "b"]}
+    assert got.owner == "alice"
+    assert got.max_retries == 5
+    assert got.retry_count == 0
+    assert got.result is None
+    assert got.error is None
+    assert got.progress is None
+    assert got.started_at is None
+    assert got.completed_at is None
+
+
+def test_get_unknown_job_is_none(store: JobStore) -> None:
+    assert store.get(uuid.uuid4(), now=NOW) is None
+
+
+def test_queue_full_at_the_boundary(store: JobStore) -> None:
+    for _ in range(2):
+        store.submit(make_job(), max_queue_size=2, now=NOW)
+    rejected = make_job()
+    with pytest.raises(QueueFullError) as info:
+        store.submit(rejected, max_queue_size=2, now=NOW)
+    assert info.value.retry_after >= 1
+    assert store.get(rejected.id, now=NOW) is None
+    assert store.queue_size() == 2
+    # A claimed job no longer waits, so it frees a place.
+    claim_one(store)
+    store.submit(make_job(), max_queue_size=2, now=NOW)
+    assert store.queue_size() == 2
+
+
+def test_max_queue_size_zero_means_no_limit(store: JobStore) -> None:
+    for _ in range(5):
+        store.submit(make_job(), max_queue_size=0, now=NOW)
+    assert store.queue_size() == 5
+
+
+# -- claim --------------------------------------------------------------------
+
+
+def test_claim_takes_due_jobs_earliest_first_up_to_limit(store: JobStore) -> None:
+    first = submit(store, now=NOW)
+    second = submit(store, now=NOW + 1)
+    third = submit(store, now=NOW + 2)
+    claims = store.claim("w1", limit=2, lease=LEASE, now=NOW + 5)
+    assert [c.job_id for c in claims] == [first, second]
+    for c in claims:
+        assert c.job.status is JobStatus.IN_PROGRESS
+        assert c.job.started_at == NOW + 5
+        assert c.lease_until == NOW + 5 + LEASE
+        assert status(store, c.job_id) is JobStatus.IN_PROGRESS
+    assert len({c.token for c in claims}) == 2
+    rest = store.claim("w2", limit=10, lease=LEASE, now=NOW + 5)
+    assert [c.job_id for c in rest] == [third]
+    assert store.claim("w2", limit=10, lease=LEASE, now=NOW + 5) == []
+
+
+def test_claim_ignores_jobs_not_yet_due(store: JobStore) -> None:
+    submit(store, now=NOW + 10)
+    assert store.claim("w1", limit=10, lease=LEASE, now=NOW) == []
+
+
+def test_concurrent_claims_take_each_job_once(store: JobStore) -> None:
+    ids = {submit(store) for _ in range(60)}
+    taken: list[uuid.UUID] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            claims = store.claim("w", limit=3, lease=LEASE, now=NOW)
+            if not claims:
+                return
+            with lock:
+                taken.extend(c.job_id for c in claims)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(taken) == sorted(ids)
+
+
+# -- complete and fail ---------------------------------------------------------
+
+
+def test_complete_with_the_token_finishes_the_job(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = claim_one(store)
+    assert store.complete(claim, {"ok": [1, "two"]}, ttl=TTL, now=NOW + 3)
+    job = store.get(job_id, now=NOW + 3)
+    assert job is not None
+    assert job.status is JobStatus.COMPLETED
+    assert job.result == {"ok": [1, "two"]}
+    assert job.error is None
+    assert job.completed_at == NOW + 3
+    assert job.last_updated_at == NOW + 3
+    assert store.queue_size() == 0
+
+
+def test_a_job_completes_only_once(store: JobStore) -> None:
+    submit(store)
+    claim = claim_one(store)
+    assert store.complete(claim, 1, ttl=TTL, now=NOW)
+    assert not store.complete(claim, 2, ttl=TTL, now=NOW)
+    assert not store.fail(claim, BOOM, retry_at=None, ttl=TTL, now=NOW)
+    job = store.get(claim.job_id, now=NOW)
+    assert job is not None
+    assert job.result == 1
+    assert job.status is JobStatus.COMPLETED
+
+
+def test_a_stale_token_never_wins(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = claim_one(store)
+    forged = Claim(job=claim.job, token="not-the-token", lease_until=claim.lease_until)
+    assert not store.complete(forged, "late", ttl=TTL, now=NOW)
+    assert not store.fail(forged, BOOM, retry_at=None, ttl=TTL, now=NOW)
+    assert not store.report_progress(forged, Progress(fraction=0.5), now=NOW)
+    assert store.heartbeat([forged], lease=LEASE, now=NOW).held == frozenset()
+    job = store.get(job_id, now=NOW)
+    assert job is not None
+    assert job.status is JobStatus.IN_PROGRESS
+    assert job.result is None
+    assert job.progress is None
+
+
+def test_fail_with_retry_at_schedules_a_retry(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = claim_one(store)
+    assert store.fail(claim, BOOM, retry_at=NOW + 2, ttl=TTL, now=NOW + 1)
+    job = store.get(job_id, now=NOW + 1)
+    assert job is not None
+    assert job.status is JobStatus.SCHEDULED
+    assert job.retry_count == 1
+    assert job.due_at == NOW + 2
+    assert job.error == BOOM
+    assert job.completed_at is None
+    assert store.queue_size() == 1
+    assert store.claim("w1", limit=1, lease=LEASE, now=NOW + 1.999) == []
+    again = claim_one(store, now=NOW + 2)
+    assert again.job.attempt == 2
+    assert again.token != claim.token
+
+
+def test_fail_without_retry_at_fails_the_job(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = claim_one(store)
+    assert store.fail(claim, BOOM, retry_at=None, ttl=TTL, now=NOW + 4)
+    job = store.get(job_id, now=NOW + 4)
+    assert job is not None
+    assert job.status is JobStatus.FAILED
+    assert job.error == BOOM
+    assert job.completed_at == NOW + 4
+    assert job.retry_count == 0
+    assert store.claim("w1", limit=1, lease=LEASE, now=NOW + 100) == []
+
+
+def test_success_after_a_retry_clears_the_error(store: JobStore) -> None:
+    job_id = submit(store)
+    store.fail(claim_one(store), BOOM, retry_at=NOW, ttl=TTL, now=NOW)
+    store.complete(claim_one(store), "fine", ttl=TTL, now=NOW)
+    job = store.get(job_id, now=NOW)
+    assert job is not None
+    assert job.error is None
+    assert job.retry_count == 1
+
+
+def test_report_progress_with_the_token(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = claim_one(store)
+    assert store.report_progress(claim, Progress(fraction=0.4, message="half"), now=NOW)
+    job = store.get(job_id, now=NOW)
+    assert job is not None
+    assert job.progress == Progress(fraction=0.4, message="half")
+    store.complete(claim, None, ttl=TTL, now=NOW)
+    done = store.get(job_id, now=NOW)
+    assert done is not None
+    assert done.progress == Progress(fraction=0.4, message="half")
+
+
+# -- leases: heartbeat, recovery, release --------------------------------------
+
+
+def test_heartbeat_renews_the_lease(store: JobStore) -> None:
+    submit(store)
+    claim = claim_one(store)
+    result = store.heartbeat([claim], lease=LEASE, now=NOW + 20)
+    assert result.held == frozenset({claim.job_id})
+    # Without the heartbeat the lease would have ended at NOW + 30.
+    assert store.recover_expired("sweeper", limit=10, lease=LEASE, now=NOW + 40) == []
+    recovered = store.recover_expired("sweeper", limit=10, lease=LEASE, now=NOW + 50)
+    assert [c.job_id for c in recovered] == [claim.job_id]
+
+
+def test_lease_is_not_recovered_before_it_expires(store: JobStore) -> None:
+    submit(store)
+    claim = claim_one(store)
+    early = store.recover_expired("s", limit=10, lease=LEASE, now=NOW + LEASE - 0.001)
+    assert early == []
+    assert store.complete(claim, "ok", ttl=TTL, now=NOW + 1)
+
+
+def test_recovery_fences_out_the_old_owner(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = claim_one(store)
+    (recovered,) = store.recover_expired("s", limit=10, lease=LEASE, now=NOW + 31)
+    assert recovered.token != claim.token
+    assert recovered.job.retry_count == 0
+    assert recovered.job.attempt == 1
+    assert status(store, job_id) is JobStatus.IN_PROGRESS
+    assert not store.complete(claim, "late", ttl=TTL, now=NOW + 32)
+    assert store.heartbeat([claim], lease=LEASE, now=NOW + 32).held == frozenset()
+    lost = ErrorInfo(type="LeaseExpired", message="lease expired")
+    assert store.fail(recovered, lost, retry_at=NOW + 40, ttl=TTL, now=NOW + 32)
+    job = store.get(job_id, now=NOW + 32)
+    assert job is not None
+    assert job.status is JobStatus.SCHEDULED
+    assert job.retry_count == 1
+    assert job.error == lost
+    assert job.result is None
+
+
+def test_two_concurrent_sweepers_recover_a_job_once(store: JobStore) -> None:
+    ids = {submit(store) for _ in range(20)}
+    store.claim("dead", limit=20, lease=LEASE, now=NOW)
+    got: list[uuid.UUID] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(2)
+
+    def sweep(owner: str) -> None:
+        barrier.wait()
+        for _ in range(10):
+            claims = store.recover_expired(owner, limit=3, lease=LEASE, now=NOW + 31)
+            with lock:
+                got.extend(c.job_id for c in claims)
+
+    threads = [threading.Thread(target=sweep, args=(f"s{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(got) == sorted(ids)
+
+
+def test_release_hands_jobs_back_without_counting_an_attempt(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = claim_one(store)
+    store.release([claim], now=NOW + 5)
+    job = store.get(job_id, now=NOW + 5)
+    assert job is not None
+    assert job.status is JobStatus.QUEUED
+    assert job.retry_count == 0
+    assert store.queue_size() == 1
+    assert not store.complete(claim, "late", ttl=TTL, now=NOW + 5)
+    again = claim_one(store, now=NOW + 5)
+    assert again.job.attempt == 1
+    # Releasing a claim that is no longer held changes nothing.
+    store.release([claim], now=NOW + 6)
+    assert status(store, job_id) is JobStatus.IN_PROGRESS
+
+
+# -- cancel ---------------------------------------------------------------------
+
+
+def test_cancel_a_queued_job(store: JobStore) -> None:
+    job_id = submit(store)
+    job = store.cancel(job_id, ttl=TTL, now=NOW + 1)
+    assert job.status is JobStatus.CANCELED
+    assert job.completed_at == NOW + 1
+    assert store.queue_size() == 0
+    assert store.claim("w", limit=10, lease=LEASE, now=NOW + 100) == []
+    assert status(store, job_id) is JobStatus.CANCELED
+
+
+def test_cancel_a_scheduled_job(store: JobStore) -> None:
+    job_id = submit(store)
+    store.fail(claim_one(store), BOOM, retry_at=NOW + 10, ttl=TTL, now=NOW)
+    assert store.cancel(job_id, ttl=TTL, now=NOW + 1).status is JobStatus.CANCELED
+    assert store.queue_size() == 0
+    assert store.claim("w", limit=10, lease=LEASE, now=NOW + 100) == []
+
+
+def test_cancel_twice_answers_the_canceled_job(store: JobStore) -> None:
+    job_id = submit(store)
+    store.cancel(job_id, ttl=TTL, now=NOW)
+    assert store.cancel(job_id, ttl=TTL, now=NOW + 1).status is JobStatus.CANCELED
+
+
+def test_cancel_a_running_job_flags_it_and_it_ends_canceled(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = claim_one(store)
+    job = store.cancel(job_id, ttl=TTL, now=NOW + 1)
+    assert job.status is JobStatus.IN_PROGRESS
+    assert job.cancel_requested
+    beat = store.heartbeat([claim], lease=LEASE, now=NOW + 2)
+    assert beat.cancel_requested == frozenset({job_id})
+    assert store.complete(claim, "ignored", ttl=TTL, now=NOW + 3)
+    done = store.get(job_id, now=NOW + 3)
+    assert done is not None
+    assert done.status is JobStatus.CANCELED
+    assert done.completed_at == NOW + 3
+
+
+def test_a_canceled_running_job_that_fails_is_not_retried(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = claim_one(store)
+    store.cancel(job_id, ttl=TTL, now=NOW)
+    assert store.fail(claim, BOOM, retry_at=NOW + 1, ttl=TTL, now=NOW + 1)
+    assert status(store, job_id) is JobStatus.CANCELED
+    assert store.claim("w", limit=10, lease=LEASE, now=NOW + 100) == []
+
+
+@pytest.mark.parametrize("outcome", ["complete", "fail"])
+def test_cancel_a_finished_job_is_refused(store: JobStore, outcome: str) -> None:
+    job_id = submit(store)
+    claim = claim_one(store)
+    if outcome == "complete":
+        store.complete(claim, 1, ttl=TTL, now=NOW)
+    else:
+        store.fail(claim, BOOM, retry_at=None, ttl=TTL, now=NOW)
+    with pytest.raises(JobFinishedError):
+        store.cancel(job_id, ttl=TTL, now=NOW)
+
+
+def test_cancel_an_unknown_job(store: JobStore) -> None:
+    with pytest.raises(JobNotFoundError):
+        store.cancel(uuid.uuid4(), ttl=TTL, now=NOW)
+
+
+# -- idempotency ------------------------------------------------------------------
+
+
+def test_idempotency_key_returns_the_same_job(store: JobStore) -> None:
+    key = Idempotency(key="Echo:-:k1", fingerprint="f1", ttl=60)
+    first = store.submit(make_job(), max_queue_size=0, idempotency=key, now=NOW)
+    again = store.submit(make_job(), max_queue_size=0, idempotency=key, now=NOW + 1)
+    assert again.id == first.id
+    assert store.queue_size() == 1
+
+
+def test_idempotency_key_with_another_fingerprint_conflicts(store: JobStore) -> None:
+    store.submit(
+        make_job(),
+        max_queue_size=0,
+        idempotency=Idempotency(key="k", fingerprint="f1", ttl=60),
+        now=NOW,
+    )
+    with pytest.raises(IdempotencyConflictError):
+        store.submit(
+            make_job(),
+            max_queue_size=0,
+            idempotency=Idempotency(key="k", fingerprint="f2", ttl=60),
+            now=NOW,
+        )
+
+
+def test_idempotent_repeat_skips_the_queue_limit(store: JobStore) -> None:
+    key = Idempotency(key="k", fingerprint="f", ttl=60)
+    first = store.submit(make_job(), max_queue_size=1, idempotency=key, now=NOW)
+    again = store.submit(make_job(), max_queue_size=1, idempotency=key, now=NOW)
+    assert again.id == first.id
+
+
+def test_racing_idempotent_submissions_make_one_job(store: JobStore) -> None:
+    key = Idempotency(key="race", fingerprint="f", ttl=60)
+    ids: list[uuid.UUID] = []
+    barrier = threading.Barrier(4)
+
+    def go() -> None:
+        barrier.wait()
+        job = store.submit(make_job(), max_queue_size=0, idempotency=key, now=NOW)
+        ids.append(job.id)
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(ids) == 4
+    assert len(set(ids)) == 1
+    assert store.queue_size() == 1
+
+
+# -- waiting ------------------------------------------------------------------------
+
+
+def test_wait_for_work_wakes_on_a_submission(store: JobStore) -> None:
+    woke = threading.Event()
+
+    def waiter() -> None:
+        store.wait_for_work(20.0)
+        woke.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.05)  # let the waiter block; a late start only makes it return early
+    submit(store, now=time.time())
+    assert woke.wait(10), "wait_for_work did not wake up after a submission"
+    thread.join(timeout=10)
+
+
+def test_wait_for_end_returns_when_the_job_ends(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = claim_one(store)
+    ended = threading.Event()
+
+    def waiter() -> None:
+        store.wait_for_end(job_id, 20.0)
+        ended.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    store.complete(claim, 1, ttl=TTL, now=NOW)
+    assert ended.wait(10), "wait_for_end did not return after the job ended"
+    thread.join(timeout=10)

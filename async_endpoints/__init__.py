@@ -1,1 +1,49 @@
-"""async-endpoints: asynchronous request-reply endpoints for Flask."""
+"""async-endpoints: asynchronous request-reply endpoints for Flask.
+
+A client POSTs and gets ``202 Accepted`` with a job at once; a background worker
+runs the handler with retries and backoff; the client polls the job's status.
+"""
+
+from async_endpoints.context import AsyncContext
+from async_endpoints.errors import (
+    AsyncEndpointsError,
+    ConfigurationError,
+    IdempotencyConflictError,
+    InvalidRequestError,
+    JobFinishedError,
+    JobNotFoundError,
+    JobTimeoutError,
+    QueueFullError,
+    ResultError,
+    StoreError,
+    StoreUnavailableError,
+    UnsupportedMediaTypeError,
+    ValidationError,
+)
+from async_endpoints.extension import AsyncEndpoints
+from async_endpoints.jobs import ErrorInfo, Job, JobStatus, Progress
+from async_endpoints.stores import JobStore, MemoryStore
+
+__all__ = [
+    "AsyncContext",
+    "AsyncEndpoints",
+    "AsyncEndpointsError",
+    "ConfigurationError",
+    "ErrorInfo",
+    "IdempotencyConflictError",
+    "InvalidRequestError",
+    "Job",
+    "JobFinishedError",
+    "JobNotFoundError",
+    "JobStatus",
+    "JobStore",
+    "JobTimeoutError",
+    "MemoryStore",
+    "Progress",
+    "QueueFullError",
+    "ResultError",
+    "StoreError",
+    "StoreUnavailableError",
+    "UnsupportedMediaTypeError",
+    "ValidationError",
+]

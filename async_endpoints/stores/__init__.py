@@ -21,13 +21,17 @@ def open_store(target: Any, *, prefix: str = "async_endpoints") -> JobStore:
     :param prefix: the Redis key namespace (``ASYNC_ENDPOINTS_KEY_PREFIX``).
     :raises ConfigurationError: the URL's scheme is not supported.
     """
+    if target == "memory://":
+        return MemoryStore()
+    if hasattr(target, "claim") and hasattr(target, "submit"):
+        store: JobStore = target
+        return store
+
     import redis
 
     from async_endpoints.stores.redis import RedisStore
 
     if isinstance(target, str):
-        if target == "memory://":
-            return MemoryStore()
         if target.startswith(_REDIS_SCHEMES):
             return RedisStore.from_url(target, prefix=prefix)
         raise ConfigurationError(
@@ -36,9 +40,6 @@ def open_store(target: Any, *, prefix: str = "async_endpoints") -> JobStore:
         )
     if isinstance(target, redis.Redis):
         return RedisStore(target, prefix=prefix)
-    if hasattr(target, "claim") and hasattr(target, "submit"):
-        store: JobStore = target
-        return store
     raise ConfigurationError(
         f"store={target!r} is neither a JobStore, a redis.Redis client nor a URL."
     )

@@ -74,6 +74,13 @@ class JobStore(Protocol):
         """
         ...
 
+    def find_idempotent(self, idempotency: Idempotency, *, now: float) -> Job | None:
+        """The live job that ``idempotency.key`` made, or ``None``.
+
+        :raises IdempotencyConflictError: the key was used with another fingerprint.
+        """
+        ...
+
     def get(self, job_id: UUID, *, now: float) -> Job | None:
         """The job with this id, or ``None`` if unknown or expired."""
         ...

@@ -113,14 +113,9 @@ class MemoryStore:
         with self._lock:
             self._purge(now)
             if idempotency is not None:
-                known = self._idempotency.get(idempotency.key)
-                if known is not None and known[2] > now and known[0] in self._jobs:
-                    if known[1] != idempotency.fingerprint:
-                        raise IdempotencyConflictError(
-                            "This Idempotency-Key was already used with a different "
-                            "request; send a new key for a new request."
-                        )
-                    return self._jobs[known[0]]
+                existing = self._idempotent(idempotency, now)
+                if existing is not None:
+                    return existing
             if 0 < max_queue_size <= self._waiting:
                 raise QueueFullError(
                     f"The queue is full ({max_queue_size} jobs wait); try again later."
@@ -136,6 +131,23 @@ class MemoryStore:
                     now + idempotency.ttl,
                 )
             return stored
+
+    def _idempotent(self, idempotency: Idempotency, now: float) -> Job | None:
+        known = self._idempotency.get(idempotency.key)
+        if known is None or known[2] <= now or known[0] not in self._jobs:
+            return None
+        if known[1] != idempotency.fingerprint:
+            raise IdempotencyConflictError(
+                "This Idempotency-Key was already used with a different request; "
+                "send a new key for a new request."
+            )
+        return self._jobs[known[0]]
+
+    def find_idempotent(self, idempotency: Idempotency, *, now: float) -> Job | None:
+        """See :meth:`JobStore.find_idempotent`."""
+        with self._lock:
+            self._purge(now)
+            return self._idempotent(idempotency, now)
 
     def get(self, job_id: UUID, *, now: float) -> Job | None:
         """See :meth:`JobStore.get`."""

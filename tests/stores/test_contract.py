@@ -480,3 +480,15 @@ def test_wait_for_end_returns_when_the_job_ends(store: JobStore) -> None:
     store.complete(claim, 1, ttl=TTL, now=NOW)
     assert ended.wait(10), "wait_for_end did not return after the job ended"
     thread.join(timeout=10)
+
+
+def test_find_idempotent_sees_the_live_key(store: JobStore) -> None:
+    key = Idempotency(key="look", fingerprint="f", ttl=60)
+    assert store.find_idempotent(key, now=NOW) is None
+    job = store.submit(make_job(), max_queue_size=0, idempotency=key, now=NOW)
+    found = store.find_idempotent(key, now=NOW + 1)
+    assert found is not None
+    assert found.id == job.id
+    other = Idempotency(key="look", fingerprint="g", ttl=60)
+    with pytest.raises(IdempotencyConflictError):
+        store.find_idempotent(other, now=NOW + 1)

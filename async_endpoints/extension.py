@@ -1,0 +1,407 @@
+"""``AsyncEndpoints``: the Flask extension object, a thin shell over the core."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from uuid import UUID
+
+from flask import Flask, Response, current_app, has_app_context, has_request_context
+
+from async_endpoints.errors import ConfigurationError, JobNotFoundError
+from async_endpoints.jobs import Job
+from async_endpoints.manager import Handler, HandlerSpec, JobManager, Validator, process_owner
+from async_endpoints.settings import DEFAULTS, PREFIX, Settings
+from async_endpoints.stores import JobStore, open_store
+from async_endpoints.views import job_view, submit_view
+from async_endpoints.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+_H = TypeVar("_H", bound=Handler)
+ResponseHook = Callable[[Job, Response], Response]
+OwnerFunc = Callable[[], "str | None"]
+
+#: Every extension initialised in this process (for the gunicorn hooks).
+_INSTANCES: weakref.WeakSet[AsyncEndpoints] = weakref.WeakSet()
+
+
+@dataclass(eq=False)
+class _AppState:
+    """What the extension holds for one app."""
+
+    settings: Settings
+    store: JobStore
+    manager: JobManager
+    worker: Worker | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    sync_owner: str = field(default_factory=process_owner)
+
+
+class AsyncEndpoints:
+    """Asynchronous request-reply endpoints for a Flask app.
+
+    A client POSTs to a handler's route and gets ``202 Accepted`` with a job at
+    once; a background worker runs the handler with retries and backoff; the
+    client polls ``GET <jobs url>/<id>``. ::
+
+        ae = AsyncEndpoints(app)          # or AsyncEndpoints() + init_app(app)
+
+        @ae.post("/api/process-data", name="ProcessData")
+        def process_data(ctx: AsyncContext) -> dict:
+            return {"processedData": ctx.request["data"].upper()}
+
+    :param app: the app to initialise now, or ``None`` to call :meth:`init_app`
+        later (the application-factory pattern).
+    :param store: a :class:`JobStore`, a ``redis.Redis`` client, or a store URL; it
+        wins over ``ASYNC_ENDPOINTS_STORE_URL``.
+    """
+
+    def __init__(self, app: Flask | None = None, *, store: Any = None) -> None:
+        self._store_arg = store
+        self._handlers: dict[str, HandlerSpec] = {}
+        self._states: weakref.WeakKeyDictionary[Flask, _AppState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._owner_func: OwnerFunc | None = None
+        self._submitted_response: ResponseHook | None = None
+        self._status_response: ResponseHook | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def __repr__(self) -> str:
+        if not has_app_context() or current_app not in self._states:
+            return f"<{type(self).__name__}>"
+        store = self._states[current_app._get_current_object()].store  # type: ignore[attr-defined]
+        return f"<{type(self).__name__} store={store!r} handlers={len(self._handlers)}>"
+
+    # -- setup ---------------------------------------------------------------------
+
+    def init_app(self, app: Flask) -> None:
+        """Read the configuration, open the store and install the routes on ``app``.
+
+        Starts no thread and opens no connection: the worker starts on first use.
+
+        :raises ConfigurationError: the app already has an ``AsyncEndpoints``, or a
+            configuration value is invalid.
+        """
+        if "async_endpoints" in app.extensions:
+            raise ConfigurationError(
+                "This app already has an AsyncEndpoints extension; use the existing "
+                "instance (app.extensions['async_endpoints'])."
+            )
+        for key, default in DEFAULTS.items():
+            if default is not None:
+                app.config.setdefault(PREFIX + key, default)
+        settings = Settings.from_config(app.config, debug=app.debug)
+        target = self._store_arg if self._store_arg is not None else settings.store_url
+        store = open_store(target, prefix=settings.key_prefix)
+        app_ref = weakref.ref(app)
+
+        def app_context() -> Any:
+            bound = app_ref()
+            if bound is None:
+                raise RuntimeError("the Flask app of this job no longer exists")
+            return bound.app_context()
+
+        manager = JobManager(store, settings, self._handlers, app_context)
+        self._states[app] = _AppState(settings=settings, store=store, manager=manager)
+        app.extensions["async_endpoints"] = self
+        _INSTANCES.add(self)
+
+        app.add_url_rule(
+            f"{settings.jobs_url}/<job_id>",
+            endpoint="async_endpoints.job",
+            view_func=job_view(self),
+            methods=["GET", "DELETE"],
+        )
+        for spec in self._handlers.values():
+            self._install(app, spec)
+        app.before_request(self._before_request)
+
+        from async_endpoints.cli import cli
+
+        app.cli.add_command(cli)
+        if _marked_gunicorn_worker() and settings.start_worker:
+            self._ensure_worker(self._states[app])
+
+    def _install(self, app: Flask, spec: HandlerSpec) -> None:
+        app.add_url_rule(
+            spec.rule,
+            endpoint=f"async_endpoints.{spec.name}",
+            view_func=submit_view(self, spec),
+            methods=[spec.method],
+        )
+
+    def _before_request(self) -> None:
+        state = self._states.get(current_app._get_current_object())  # type: ignore[attr-defined]
+        if state is not None:
+            self._ensure_worker(state)
+
+    # -- handlers ------------------------------------------------------------------
+
+    def post(
+        self,
+        rule: str,
+        name: str | None = None,
+        *,
+        request_model: type[Any] | None = None,
+        validate: Validator | None = None,
+        max_retries: int | None = None,
+    ) -> Callable[[_H], _H]:
+        """Register a handler for ``POST rule``; returns the function unchanged.
+
+        :param rule: the URL rule, e.g. ``"/api/<tenant>/reports"``.
+        :param name: the job name; defaults to the function's name.
+        :param request_model: a dataclass or pydantic model the JSON body must fit
+            (else ``422``); the handler gets an instance as ``ctx.request``.
+        :param validate: ``validate(ctx)`` runs in the request before queuing; if
+            it returns a response, that is sent and no job is made.
+        :param max_retries: retries after the first attempt (default
+            ``ASYNC_ENDPOINTS_MAX_RETRIES``).
+        :raises ConfigurationError: a handler of that name exists, or an option
+            is invalid.
+        """
+        return self._register("POST", rule, name, request_model, validate, max_retries)
+
+    def put(
+        self,
+        rule: str,
+        name: str | None = None,
+        *,
+        request_model: type[Any] | None = None,
+        validate: Validator | None = None,
+        max_retries: int | None = None,
+    ) -> Callable[[_H], _H]:
+        """Register a handler for ``PUT rule``; see :meth:`post`."""
+        return self._register("PUT", rule, name, request_model, validate, max_retries)
+
+    def patch(
+        self,
+        rule: str,
+        name: str | None = None,
+        *,
+        request_model: type[Any] | None = None,
+        validate: Validator | None = None,
+        max_retries: int | None = None,
+    ) -> Callable[[_H], _H]:
+        """Register a handler for ``PATCH rule``; see :meth:`post`."""
+        return self._register("PATCH", rule, name, request_model, validate, max_retries)
+
+    def delete(
+        self,
+        rule: str,
+        name: str | None = None,
+        *,
+        request_model: type[Any] | None = None,
+        validate: Validator | None = None,
+        max_retries: int | None = None,
+    ) -> Callable[[_H], _H]:
+        """Register a handler for ``DELETE rule``; see :meth:`post`."""
+        return self._register("DELETE", rule, name, request_model, validate, max_retries)
+
+    def _register(
+        self,
+        method: str,
+        rule: str,
+        name: str | None,
+        request_model: type[Any] | None,
+        validate: Validator | None,
+        max_retries: int | None,
+    ) -> Callable[[_H], _H]:
+        if validate is not None and not callable(validate):
+            raise ConfigurationError(f"validate= must be callable, not {validate!r}.")
+        if max_retries is not None and (
+            not isinstance(max_retries, int) or max_retries < 0
+        ):
+            raise ConfigurationError(
+                f"max_retries= must be a whole number >= 0, not {max_retries!r}."
+            )
+        if request_model is not None and not (
+            hasattr(request_model, "model_validate")
+            or hasattr(request_model, "__dataclass_fields__")
+        ):
+            raise ConfigurationError(
+                f"request_model={request_model!r} must be a dataclass or a pydantic "
+                "model."
+            )
+
+        def decorator(func: _H) -> _H:
+            job_name = name or func.__name__
+            if job_name in self._handlers:
+                raise ConfigurationError(
+                    f"A handler named {job_name!r} is already registered; give this "
+                    "one another name= ."
+                )
+            spec = HandlerSpec(
+                name=job_name,
+                method=method,
+                rule=rule,
+                func=func,
+                request_model=request_model,
+                validate=validate,
+                max_retries=max_retries,
+            )
+            self._handlers[job_name] = spec
+            for app in list(self._states.keys()):
+                self._install(app, spec)
+            return func
+
+        return decorator
+
+    def job_owner(self, func: OwnerFunc) -> OwnerFunc:
+        """Decorate the function that names the owner of the current request.
+
+        It runs in the request when a job is submitted; a job with an owner is
+        visible through HTTP only to requests with the same owner (others get 404).
+        """
+        self._owner_func = func
+        return func
+
+    def submitted_response(self, func: ResponseHook) -> ResponseHook:
+        """Decorate ``func(job, response) -> response`` to change the submit answer."""
+        self._submitted_response = func
+        return func
+
+    def status_response(self, func: ResponseHook) -> ResponseHook:
+        """Decorate ``func(job, response) -> response`` to change status answers."""
+        self._status_response = func
+        return func
+
+    # -- jobs from Python --------------------------------------------------------
+
+    def submit(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        route_params: dict[str, str] | None = None,
+        query_params: dict[str, list[str]] | None = None,
+        owner: str | None = None,
+    ) -> Job:
+        """Queue a job for the handler ``name`` from Python (needs an app context).
+
+        :param payload: the request body (JSON data or a ``request_model`` instance).
+        :param owner: the job's owner; by default the ``@job_owner`` function's
+            answer inside a request, else none.
+        :raises QueueFullError: the queue is full (``retry_after`` says when to retry).
+        """
+        state = self._state()
+        if owner is None:
+            owner = self._current_owner()
+        job = state.manager.submit(
+            name,
+            payload,
+            headers=headers,
+            route_params=route_params,
+            query_params=query_params,
+            owner=owner,
+        )
+        self._ensure_worker(state)
+        return job
+
+    def get_job(self, job_id: UUID | str) -> Job | None:
+        """The job with this id, or ``None`` (unknown, malformed or expired)."""
+        parsed = _parse_id(job_id)
+        return None if parsed is None else self._state().manager.get(parsed)
+
+    def cancel(self, job_id: UUID | str) -> Job:
+        """Cancel a waiting job, or ask a running one to stop.
+
+        :raises JobNotFoundError: (a ``LookupError``) no such job.
+        :raises JobFinishedError: the job already ended (HTTP meaning 409).
+        """
+        parsed = _parse_id(job_id)
+        if parsed is None:
+            raise JobNotFoundError(f"No job with id {job_id!r}.")
+        return self._state().manager.cancel(parsed)
+
+    def run_due_jobs(self) -> int:
+        """Recover expired leases, then run every job due now in this thread.
+
+        For tests: with ``ASYNC_ENDPOINTS_START_WORKER = False`` nothing runs in
+        the background. A retry scheduled by this call waits for a later one.
+
+        :returns: how many jobs ran.
+        """
+        state = self._state()
+        return state.manager.run_due_jobs(state.sync_owner)
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Stop this process's worker: finish running jobs within the grace period
+        (``ASYNC_ENDPOINTS_SHUTDOWN_GRACE_SECONDS``), hand the rest back.
+
+        Inside an app context it stops that app's worker, otherwise every app's.
+        """
+        if has_app_context() and current_app._get_current_object() in self._states:  # type: ignore[attr-defined]
+            states = [self._states[current_app._get_current_object()]]  # type: ignore[attr-defined]
+        else:
+            states = list(self._states.values())
+        for state in states:
+            with state.lock:
+                worker, state.worker = state.worker, None
+            if worker is not None and worker.pid == os.getpid():
+                worker.stop(grace)
+
+    # -- internals -------------------------------------------------------------
+
+    def _start_workers(self) -> None:
+        """Start the worker of every app of this extension (after a fork)."""
+        for state in list(self._states.values()):
+            self._ensure_worker(state)
+
+    def _state(self) -> _AppState:
+        if not has_app_context():
+            raise ConfigurationError(
+                "Working outside of an application context: use 'with app.app_context():'."
+            )
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        state = self._states.get(app)
+        if state is None:
+            raise ConfigurationError(
+                "AsyncEndpoints is not initialised on this app; did you call "
+                "init_app(app)?"
+            )
+        return state
+
+    def _current_owner(self) -> str | None:
+        if self._owner_func is None or not has_request_context():
+            return None
+        owner = self._owner_func()
+        return None if owner is None else str(owner)
+
+    def _ensure_worker(self, state: _AppState) -> None:
+        if not state.settings.start_worker:
+            return
+        worker = state.worker
+        if worker is not None and worker.pid == os.getpid():
+            return
+        with state.lock:
+            worker = state.worker
+            if worker is not None and worker.pid == os.getpid():
+                return
+            # A worker inherited through fork() has no threads here: discard it.
+            state.worker = Worker(state.manager)
+            state.worker.start()
+
+
+def _parse_id(job_id: UUID | str) -> UUID | None:
+    if isinstance(job_id, UUID):
+        return job_id
+    try:
+        return uuid.UUID(str(job_id))
+    except ValueError:
+        return None
+
+
+def _marked_gunicorn_worker() -> bool:
+    from async_endpoints import gunicorn
+
+    return gunicorn.marked_pid() == os.getpid()

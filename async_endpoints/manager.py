@@ -1,0 +1,438 @@
+"""``JobManager``: the job state machine, on top of a store. Flask-free.
+
+The manager reads the clock once per operation and passes ``now`` down; the store
+only persists each transition atomically. Submit -> claim -> run -> complete, or
+fail -> (Scheduled, by the retry policy) | Failed; cancel; recover expired leases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ContextManager
+from uuid import UUID
+
+from async_endpoints.context import AsyncContext, Headers
+from async_endpoints.errors import ConfigurationError, InvalidRequestError, JobTimeoutError
+from async_endpoints.jobs import (
+    Claim,
+    ErrorInfo,
+    HeartbeatResult,
+    Idempotency,
+    Job,
+    JobStatus,
+    JSONValue,
+    Progress,
+)
+from async_endpoints.models import parse_model, to_json
+from async_endpoints.retry import RetryPolicy
+from async_endpoints.settings import Settings
+from async_endpoints.stores.base import JobStore
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[AsyncContext], object]
+Validator = Callable[[AsyncContext], object]
+
+_BATCH = 1 << 30  # "every due job" for run_due_jobs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandlerSpec:
+    """A registered handler and its options.
+
+    :param name: the unique job name (``Job.name``).
+    :param method: the HTTP method of its route.
+    :param rule: the URL rule of its route.
+    :param func: the handler itself.
+    :param request_model: a dataclass or pydantic model for the body, or ``None``.
+    :param validate: runs in the request before queuing; a response rejects it.
+    :param max_retries: retries after the first attempt; ``None`` for the default.
+    """
+
+    name: str
+    method: str
+    rule: str
+    func: Handler
+    request_model: type[Any] | None = None
+    validate: Validator | None = None
+    max_retries: int | None = None
+
+
+def process_owner() -> str:
+    """An id for this process's claims: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class JobManager:
+    """Runs the job state machine for one app on one store.
+
+    :param store: where jobs live.
+    :param settings: the app's parsed configuration.
+    :param handlers: the registered handlers by name (read at each use, so
+        handlers added later are seen).
+    :param app_context: returns the context manager a handler runs in (the Flask
+        application context); the manager itself knows nothing of Flask.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        handlers: Mapping[str, HandlerSpec],
+        app_context: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.handlers = handlers
+        self._app_context = app_context
+        self._policies: dict[tuple[str, int], RetryPolicy] = {}
+        self._running: dict[UUID, threading.Event] = {}
+        self._running_lock = threading.Lock()
+
+    # -- submitting and reading ------------------------------------------------
+
+    def spec(self, name: str) -> HandlerSpec:
+        """The handler registered under ``name``.
+
+        :raises ConfigurationError: no handler has that name.
+        """
+        try:
+            return self.handlers[name]
+        except KeyError:
+            known = ", ".join(sorted(self.handlers)) or "none"
+            raise ConfigurationError(
+                f"No handler is named {name!r} (registered: {known}); declare it "
+                "with @ae.post(rule, name=...)."
+            ) from None
+
+    def filter_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The headers to persist: lower-cased names, credentials removed."""
+        redacted = self.settings.redacted_headers
+        return {k.lower(): v for k, v in headers.items() if k.lower() not in redacted}
+
+    def submit(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        route_params: Mapping[str, str] | None = None,
+        query_params: Mapping[str, list[str]] | None = None,
+        owner: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Queue a job for the handler ``name``; return it (or the idempotent twin).
+
+        :raises QueueFullError: the queue is full.
+        :raises IdempotencyConflictError: the key was used with another request.
+        :raises InvalidRequestError: the payload cannot be stored as JSON.
+        """
+        spec = self.spec(name)
+        try:
+            body = to_json(payload)
+        except TypeError as exc:
+            raise InvalidRequestError(
+                f"The request for {name!r} cannot be stored as JSON: {exc}"
+            ) from exc
+        now = time.time()
+        route = {str(k): str(v) for k, v in (route_params or {}).items()}
+        query = {str(k): [str(v) for v in vs] for k, vs in (query_params or {}).items()}
+        job = Job(
+            id=uuid.uuid4(),
+            name=name,
+            status=JobStatus.QUEUED,
+            max_retries=self._max_retries(spec),
+            created_at=now,
+            last_updated_at=now,
+            due_at=now,
+            payload=body,
+            headers=self.filter_headers(headers or {}),
+            route_params=route,
+            query_params=query,
+            owner=owner,
+        )
+        idempotency = None
+        if idempotency_key is not None:
+            idempotency = self._idempotency(name, idempotency_key, body, route, query, owner)
+        stored = self.store.submit(
+            job,
+            max_queue_size=self.settings.max_queue_size,
+            idempotency=idempotency,
+            now=now,
+        )
+        if stored.id == job.id:
+            logger.debug("job %s (%s) queued", job.id, name)
+        return stored
+
+    def find_idempotent(
+        self,
+        name: str,
+        key: str,
+        payload: Any,
+        *,
+        route_params: Mapping[str, str],
+        query_params: Mapping[str, list[str]],
+        owner: str | None,
+    ) -> Job | None:
+        """The live job an ``Idempotency-Key`` made for this handler and owner.
+
+        :raises IdempotencyConflictError: the key was used with another request.
+        """
+        try:
+            body = to_json(payload)
+        except TypeError:
+            return None
+        idempotency = self._idempotency(
+            name, key, body, dict(route_params), dict(query_params), owner
+        )
+        return self.store.find_idempotent(idempotency, now=time.time())
+
+    def _idempotency(
+        self,
+        name: str,
+        key: str,
+        body: JSONValue,
+        route: dict[str, str],
+        query: dict[str, list[str]],
+        owner: str | None,
+    ) -> Idempotency:
+        # The key is scoped to handler and owner; the fingerprint covers the request.
+        scope = hashlib.sha256(f"{name}\0{owner or ''}\0{key}".encode()).hexdigest()
+        request = json.dumps([body, route, query], sort_keys=True).encode()
+        return Idempotency(
+            key=scope[:32],
+            fingerprint=hashlib.sha256(request).hexdigest()[:32],
+            ttl=self.settings.idempotency_ttl_seconds,
+        )
+
+    def get(self, job_id: UUID) -> Job | None:
+        """The job, or ``None`` if it is unknown or has expired."""
+        return self.store.get(job_id, now=time.time())
+
+    def cancel(self, job_id: UUID) -> Job:
+        """Cancel a waiting job; ask a running one to stop.
+
+        :raises JobNotFoundError: unknown job.
+        :raises JobFinishedError: the job is Completed or Failed.
+        """
+        job = self.store.cancel(
+            job_id, ttl=self.settings.result_ttl_seconds, now=time.time()
+        )
+        if job.status is JobStatus.IN_PROGRESS:
+            self.signal_cancel([job_id])
+        return job
+
+    def wait_for_end(self, job_id: UUID, timeout: float) -> Job | None:
+        """Wait up to ``timeout`` seconds for the job to end; return it as it is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            remaining = deadline - time.monotonic()
+            if job is None or job.status.is_finished or remaining <= 0:
+                return job
+            self.store.wait_for_end(job_id, remaining)
+
+    # -- running ---------------------------------------------------------------
+
+    def claim(self, owner: str, limit: int) -> list[Claim]:
+        """Lease up to ``limit`` due jobs to ``owner``."""
+        return self.store.claim(
+            owner,
+            limit=limit,
+            lease=self.settings.claim_timeout_seconds,
+            now=time.time(),
+        )
+
+    def heartbeat(self, claims: Sequence[Claim]) -> HeartbeatResult:
+        """Renew the leases of ``claims``; signal the canceled ones."""
+        result = self.store.heartbeat(
+            claims, lease=self.settings.claim_timeout_seconds, now=time.time()
+        )
+        if result.cancel_requested:
+            self.signal_cancel(result.cancel_requested)
+        return result
+
+    def release(self, claims: Sequence[Claim]) -> None:
+        """Hand claims back to the queue without counting an attempt."""
+        if claims:
+            self.store.release(claims, now=time.time())
+
+    def signal_cancel(self, job_ids: Any) -> None:
+        """Set ``ctx.cancelled`` of the local runs of these jobs."""
+        with self._running_lock:
+            for job_id in job_ids:
+                event = self._running.get(job_id)
+                if event is not None:
+                    event.set()
+
+    def run(self, claim: Claim, cancelled: threading.Event | None = None) -> None:
+        """Run the claimed job's handler here and record the outcome.
+
+        Never raises for the handler's sake: a failure is recorded on the job.
+        A run that takes longer than the job timeout is recorded as a timeout and
+        its result discarded.
+        """
+        job = claim.job
+        log = logging.LoggerAdapter(logger, {"job_id": str(job.id), "job_name": job.name})
+        event = cancelled or threading.Event()
+        with self._running_lock:
+            self._running[job.id] = event
+        started = time.time()
+        try:
+            try:
+                value = self._call(claim, event)
+                result = to_json(value, max_bytes=self.settings.max_result_bytes)
+            except BaseException as exc:  # noqa: BLE001 - the worker must survive
+                self.fail(claim, exc, log=log)
+                if isinstance(exc, KeyboardInterrupt) and (
+                    threading.current_thread() is threading.main_thread()
+                ):
+                    raise
+                return
+            if time.time() - started > self.settings.job_timeout_seconds:
+                self.fail(claim, self.timeout_error(), log=log)
+                return
+            now = time.time()
+            if self.store.complete(
+                claim, result, ttl=self.settings.result_ttl_seconds, now=now
+            ):
+                log.debug("job %s completed", job.id)
+            else:
+                log.warning("job %s finished after it lost its claim; result discarded", job.id)
+        finally:
+            with self._running_lock:
+                if self._running.get(job.id) is event:
+                    del self._running[job.id]
+
+    def timeout_error(self) -> JobTimeoutError:
+        """The error recorded for a run past ``JOB_TIMEOUT_SECONDS``."""
+        return JobTimeoutError(
+            f"The run took longer than ASYNC_ENDPOINTS_JOB_TIMEOUT_SECONDS "
+            f"({self.settings.job_timeout_seconds:g} s)."
+        )
+
+    def _call(self, claim: Claim, cancelled: threading.Event) -> object:
+        job = claim.job
+        spec = self.spec(job.name)
+        request: Any = job.payload
+        if spec.request_model is not None:
+            request = parse_model(spec.request_model, job.payload)
+
+        def progress(fraction: float, message: str | None) -> None:
+            report = Progress(fraction=fraction, message=message)
+            self.store.report_progress(claim, report, now=time.time())
+
+        ctx = AsyncContext(
+            request=request,
+            headers=Headers(job.headers),
+            route_params=dict(job.route_params),
+            query_params={k: list(v) for k, v in job.query_params.items()},
+            job_id=job.id,
+            attempt=job.attempt,
+            cancelled=cancelled,
+            _progress=progress,
+        )
+        with self._app_context():
+            return spec.func(ctx)
+
+    def fail(
+        self,
+        claim: Claim,
+        exc: BaseException,
+        *,
+        log: logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> bool:
+        """Record a failed attempt of ``claim``: retried by the policy, or Failed."""
+        job = claim.job
+        now = time.time()
+        spec = self.handlers.get(job.name)
+        policy = self._policy(spec, job.max_retries)
+        retry_at = policy.next_attempt_at(
+            attempt=job.attempt,
+            error=exc,
+            first_started_at=job.created_at,
+            now=now,
+        )
+        stack = "".join(traceback.format_exception(exc))
+        error = ErrorInfo(type=type(exc).__name__, message=str(exc), stack_trace=stack)
+        applied = self.store.fail(
+            claim,
+            error,
+            retry_at=retry_at,
+            ttl=self.settings.result_ttl_seconds,
+            now=now,
+        )
+        (log or logger).log(
+            logging.WARNING if retry_at is not None else logging.ERROR,
+            "job %s (%s) attempt %d failed%s:\n%s",
+            job.id,
+            job.name,
+            job.attempt,
+            "" if applied else " after losing its claim",
+            stack,
+        )
+        return applied
+
+    def recover_expired(self, owner: str, *, limit: int = 100) -> int:
+        """Fail the jobs whose lease expired (their process died); return how many."""
+        claims = self.store.recover_expired(
+            owner,
+            limit=limit,
+            lease=self.settings.claim_timeout_seconds,
+            now=time.time(),
+        )
+        for claim in claims:
+            lost = _LeaseExpiredError(
+                "The worker running this job stopped renewing its lease "
+                "(the process died or hung); the attempt counts as failed."
+            )
+            self.fail(claim, lost)
+        return len(claims)
+
+    def run_due_jobs(self, owner: str) -> int:
+        """Recover expired leases, then run every job due now in this thread."""
+        self.recover_expired(owner, limit=_BATCH)
+        claims = self.claim(owner, _BATCH)
+        for claim in claims:
+            self.run(claim)
+        return len(claims)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _max_retries(self, spec: HandlerSpec) -> int:
+        if spec.max_retries is not None:
+            return spec.max_retries
+        return self.settings.max_retries
+
+    def _policy(self, spec: HandlerSpec | None, max_retries: int) -> RetryPolicy:
+        key = (spec.name if spec else "", max_retries)
+        policy = self._policies.get(key)
+        if policy is None:
+            s = self.settings
+            policy = RetryPolicy.exponential(
+                max_retries=max_retries,
+                base=s.retry_delay_base_seconds,
+                max_delay=s.retry_max_delay_seconds,
+                jitter=s.retry_jitter_seconds,
+            )
+            self._policies[key] = policy
+        return policy
+
+
+class _LeaseExpiredError(Exception):
+    """Recorded (as type ``LeaseExpired``) for a job whose lease ran out."""
+
+
+_LeaseExpiredError.__name__ = "LeaseExpired"
+_LeaseExpiredError.__qualname__ = "LeaseExpired"

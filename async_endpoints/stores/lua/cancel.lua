@@ -1,0 +1,29 @@
+-- cancel.lua: cancel a waiting job at once, or flag a running one.
+--
+-- KEYS[1]  the job's hash        {prefix}:job:<id>  (Canceled and EXPIREd, or flagged)
+-- KEYS[2]  the waiting-jobs zset {prefix}:ready     (id removed when canceled)
+--
+-- ARGV[1]  the job id
+-- ARGV[2]  now, epoch seconds (float string)
+-- ARGV[3]  ttl of the canceled job, whole seconds (integer >= 1)
+--
+-- Returns {code, fields}: code 1 = the job (now Canceled, flagged, or already
+-- Canceled) with its hash HGETALL-style; -1 = no such job ({-1});
+-- -2 = the job is Completed or Failed ({-2, status}).
+
+local status = redis.call('HGET', KEYS[1], 's')
+if not status then
+    return {-1}
+end
+if status == 'Completed' or status == 'Failed' then
+    return {-2, status}
+end
+if status == 'InProgress' then
+    redis.call('HSET', KEYS[1], 'k', '1', 'u', ARGV[2])
+elseif status ~= 'Canceled' then
+    redis.call('HSET', KEYS[1], 's', 'Canceled', 'k', '1', 'e', ARGV[2], 'u', ARGV[2])
+    redis.call('HDEL', KEYS[1], 'd')
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return {1, redis.call('HGETALL', KEYS[1])}

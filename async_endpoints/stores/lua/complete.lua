@@ -1,0 +1,28 @@
+-- complete.lua: finish a held job Completed (Canceled if cancel was requested).
+--
+-- KEYS[1]  the job's hash        {prefix}:job:<id>  (finished, then EXPIREd)
+-- KEYS[2]  the waiting-jobs zset {prefix}:ready     (id removed)
+-- KEYS[3]  the leases zset       {prefix}:claimed   (id removed)
+--
+-- ARGV[1]  the job id
+-- ARGV[2]  the claim token (fencing: must be the job's current token)
+-- ARGV[3]  now, epoch seconds (float string)
+-- ARGV[4]  the result as JSON, or '' for null
+-- ARGV[5]  ttl of the finished job, whole seconds (integer >= 1)
+--
+-- Returns 1 if applied, 0 if the token or status no longer match.
+
+local held = redis.call('HMGET', KEYS[1], 's', 't', 'k')
+if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
+    return 0
+end
+redis.call('HDEL', KEYS[1], 'r', 'x', 't', 'w', 'd')
+local status = held[3] and 'Canceled' or 'Completed'
+redis.call('HSET', KEYS[1], 's', status, 'e', ARGV[3], 'u', ARGV[3])
+if status == 'Completed' and ARGV[4] ~= '' then
+    redis.call('HSET', KEYS[1], 'r', ARGV[4])
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1

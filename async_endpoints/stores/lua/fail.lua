@@ -1,0 +1,38 @@
+-- fail.lua: record a held job's failed attempt: Scheduled for a retry, Failed,
+-- or Canceled if its cancellation was requested.
+--
+-- KEYS[1]  the job's hash        {prefix}:job:<id>  (updated; EXPIREd if finished)
+-- KEYS[2]  the waiting-jobs zset {prefix}:ready     (id added on retry, else removed)
+-- KEYS[3]  the leases zset       {prefix}:claimed   (id removed)
+-- KEYS[4]  the wake-up list      {prefix}:wake      (one token pushed on retry)
+--
+-- ARGV[1]  the job id
+-- ARGV[2]  the claim token (fencing: must be the job's current token)
+-- ARGV[3]  now, epoch seconds (float string)
+-- ARGV[4]  the error as JSON
+-- ARGV[5]  retry_at, epoch seconds (float string), or '' to fail for good
+-- ARGV[6]  ttl of a finished job, whole seconds (integer >= 1)
+--
+-- Returns 1 if applied, 0 if the token or status no longer match.
+
+local held = redis.call('HMGET', KEYS[1], 's', 't', 'k')
+if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
+    return 0
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[1], 't', 'w')
+if held[3] or ARGV[5] == '' then
+    local status = held[3] and 'Canceled' or 'Failed'
+    redis.call('HSET', KEYS[1], 's', status, 'x', ARGV[4], 'e', ARGV[3], 'u', ARGV[3])
+    redis.call('HDEL', KEYS[1], 'd')
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    redis.call('EXPIRE', KEYS[1], ARGV[6])
+else
+    redis.call('HSET', KEYS[1], 's', 'Scheduled', 'x', ARGV[4], 'd', ARGV[5],
+        'u', ARGV[3])
+    redis.call('HINCRBY', KEYS[1], 'a', 1)
+    redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+    redis.call('LPUSH', KEYS[4], '1')
+    redis.call('LTRIM', KEYS[4], 0, 63)
+end
+return 1

@@ -1,0 +1,24 @@
+-- heartbeat.lua: renew the leases a worker still holds, in one step.
+--
+-- KEYS[1]    the leases zset  {prefix}:claimed   (scores of held ids raised)
+-- KEYS[1+i]  the i-th claimed job's hash  {prefix}:job:<id>  (read only)
+--
+-- ARGV[1]      the new lease end, epoch seconds (float string): now + lease
+-- ARGV[2i]     the i-th claim's job id
+-- ARGV[2i+1]   the i-th claim's token
+--
+-- Returns one integer per claim, in order: 0 = lost (token or status no longer
+-- match), 1 = renewed, 2 = renewed and its cancellation was requested.
+
+local out = {}
+for i = 2, #KEYS do
+    local id, token = ARGV[2 * (i - 1)], ARGV[2 * (i - 1) + 1]
+    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k')
+    if held[1] == 'InProgress' and held[2] == token then
+        redis.call('ZADD', KEYS[1], ARGV[1], id)
+        out[#out + 1] = held[3] and 2 or 1
+    else
+        out[#out + 1] = 0
+    end
+end
+return out

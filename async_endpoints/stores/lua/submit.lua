@@ -1,0 +1,48 @@
+-- submit.lua: store a new job as Queued and wake one idle worker, atomically.
+--
+-- KEYS[1]  the new job's hash              {prefix}:job:<id>   (created)
+-- KEYS[2]  the waiting-jobs zset           {prefix}:ready      (id added, score = due)
+-- KEYS[3]  the wake-up list                {prefix}:wake       (one token pushed)
+-- KEYS[4]  (optional) the idempotency key  {prefix}:idem:<key> (read, then SET)
+-- KEYS[5]  (with KEYS[4]) the job key prefix "{prefix}:job:": the job an
+--          idempotency key names is learnt only here, so its hash is read as
+--          KEYS[5] .. id (same hash tag, so the same Cluster slot).
+--
+-- ARGV[1]  max_queue_size (integer; 0 = no limit)
+-- ARGV[2]  now: the due time, epoch seconds (float string)
+-- ARGV[3]  the new job's id (UUID string)
+-- ARGV[4]  the idempotency record "<job id>:<fingerprint>" ('' without KEYS[4])
+-- ARGV[5]  the idempotency ttl, milliseconds (integer; '' without KEYS[4])
+-- ARGV[6..] the job hash as field, value, field, value ...
+--
+-- Returns {code, id, fields}: code 0 = created, 1 = an idempotent repeat (the
+-- existing job), -1 = queue full, -2 = idempotency conflict (then only {code});
+-- fields is the job hash, HGETALL-style.
+
+if KEYS[4] then
+    local known = redis.call('GET', KEYS[4])
+    if known then
+        local id = string.sub(known, 1, 36)
+        local fields = redis.call('HGETALL', KEYS[5] .. id)
+        if #fields > 0 then
+            if string.sub(known, 38) ~= string.sub(ARGV[4], 38) then
+                return {-2}
+            end
+            return {1, id, fields}
+        end
+    end
+end
+
+local limit = tonumber(ARGV[1])
+if limit > 0 and redis.call('ZCARD', KEYS[2]) >= limit then
+    return {-1}
+end
+
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+if KEYS[4] then
+    redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5])
+end
+redis.call('LPUSH', KEYS[3], '1')
+redis.call('LTRIM', KEYS[3], 0, 63)
+return {0, ARGV[3], redis.call('HGETALL', KEYS[1])}

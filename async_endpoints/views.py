@@ -1,0 +1,257 @@
+"""The HTTP side: submit views, job status views, and problem+json errors.
+
+Domain errors know nothing of HTTP; :data:`ERROR_MAP` is the one table that maps
+them to a status, a title and an optional ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from flask import Response, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from async_endpoints.context import AsyncContext, Headers
+from async_endpoints.errors import (
+    AsyncEndpointsError,
+    IdempotencyConflictError,
+    InvalidRequestError,
+    JobFinishedError,
+    JobNotFoundError,
+    QueueFullError,
+    StoreUnavailableError,
+    UnsupportedMediaTypeError,
+    ValidationError,
+)
+from async_endpoints.jobs import Job, retry_after_seconds
+from async_endpoints.models import parse_model
+
+if TYPE_CHECKING:
+    from async_endpoints.extension import AsyncEndpoints, _AppState
+    from async_endpoints.manager import HandlerSpec
+
+logger = logging.getLogger(__name__)
+
+#: exception type -> (status, title, Retry-After seconds or None); first match wins.
+ERROR_MAP: Final[list[tuple[type[Exception], int, str, float | None]]] = [
+    (JobNotFoundError, 404, "Job not found", None),
+    (JobFinishedError, 409, "Job already finished", None),
+    (QueueFullError, 429, "Queue full", 1.0),
+    (UnsupportedMediaTypeError, 415, "Unsupported media type", None),
+    (ValidationError, 422, "Invalid request body", None),
+    (IdempotencyConflictError, 422, "Idempotency key reused", None),
+    (InvalidRequestError, 400, "Malformed request body", None),
+    (StoreUnavailableError, 503, "Job store unavailable", 5.0),
+]
+
+PROBLEM_JSON: Final = "application/problem+json"
+_WAIT_RE: Final = re.compile(r"(?:^|[;,])\s*wait\s*=\s*\"?(\d+)\"?\s*(?=$|[;,])", re.I)
+
+_F = TypeVar("_F", bound=Callable[..., ResponseReturnValue])
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    retry_after: float | None = None,
+    **extra: Any,
+) -> Response:
+    """An RFC 9457 ``application/problem+json`` response."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    body.update(extra)
+    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after_seconds(retry_after))
+    return response
+
+
+def error_response(exc: Exception) -> Response:
+    """The problem response for a domain error or an HTTP error."""
+    for kind, status, title, retry_after in ERROR_MAP:
+        if isinstance(exc, kind):
+            extra: dict[str, Any] = {}
+            if isinstance(exc, ValidationError):
+                extra["errors"] = exc.errors
+            if isinstance(exc, QueueFullError):
+                retry_after = exc.retry_after
+            if isinstance(exc, StoreUnavailableError):
+                logger.warning("job store unavailable: %s", exc)
+            return problem(status, title, str(exc), retry_after=retry_after, **extra)
+    if isinstance(exc, HTTPException) and exc.code is not None:
+        return problem(exc.code, exc.name, exc.description or exc.name)
+    raise exc
+
+
+def problems(view: _F) -> _F:
+    """Answer our errors (and Werkzeug's, e.g. 413) as problem+json."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> ResponseReturnValue:
+        try:
+            return view(*args, **kwargs)
+        except (AsyncEndpointsError, HTTPException) as exc:
+            return error_response(exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def job_response(state: _AppState, job: Job, status: int = 200) -> Response:
+    """The job JSON with ``Location`` and, while pending, ``Retry-After``."""
+    body = job.to_dict(expose_traceback=state.settings.expose_tracebacks)
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    response.headers["Location"] = jobs_location(state, job)
+    if not job.status.is_finished:
+        wait = 1.0
+        if job.due_at is not None and job.status.is_waiting:
+            wait = max(1.0, job.due_at - time.time())
+        response.headers["Retry-After"] = str(retry_after_seconds(wait))
+    return response
+
+
+def jobs_location(state: _AppState, job: Job) -> str:
+    """The path of the job's status resource."""
+    return f"{request.script_root}{state.settings.jobs_url}/{job.id}"
+
+
+def read_body() -> Any:
+    """The request's JSON body, or ``None`` when there is none.
+
+    :raises UnsupportedMediaTypeError: a body in a non-JSON content type.
+    :raises InvalidRequestError: malformed JSON.
+    """
+    data = request.get_data(cache=True)
+    if not data:
+        return None
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaTypeError(
+            f"The body's content type is {mimetype or 'not given'!r}; send JSON "
+            "with 'Content-Type: application/json'."
+        )
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"The body is not valid JSON: {exc}") from None
+
+
+def request_headers() -> dict[str, str]:
+    """The request's headers, repeated ones joined with ``", "``."""
+    names = {name.lower() for name in request.headers.keys()}  # noqa: SIM118
+    return {name: ", ".join(request.headers.getlist(name)) for name in names}
+
+
+def wait_seconds(value: str | None, cap: float) -> int | None:
+    """The ``wait=N`` of a ``Prefer`` header, capped; ``None`` if absent or bad."""
+    if not value:
+        return None
+    match = _WAIT_RE.search(value)
+    if match is None:
+        return None
+    return int(min(int(match.group(1)), cap))
+
+
+def submit_view(ext: AsyncEndpoints, spec: HandlerSpec) -> Callable[..., Response]:
+    """The view of a handler's route: validate, queue, answer 202."""
+
+    @problems
+    def view(**route_params: Any) -> ResponseReturnValue:
+        state = ext._state()
+        payload = read_body()
+        headers = request_headers()
+        query = request.args.to_dict(flat=False)
+        route = {k: str(v) for k, v in route_params.items()}
+        owner = ext._current_owner()
+        key = request.headers.get("Idempotency-Key") or request.headers.get(
+            "Async-Job-Id"
+        )
+        job = None
+        if key is not None:
+            job = state.manager.find_idempotent(
+                spec.name, key, payload, route_params=route, query_params=query, owner=owner
+            )
+        if job is None:
+            request_obj = payload
+            if spec.request_model is not None:
+                request_obj = parse_model(spec.request_model, payload)
+            if spec.validate is not None:
+                ctx = AsyncContext(
+                    request=request_obj,
+                    headers=Headers(state.manager.filter_headers(headers)),
+                    route_params=route,
+                    query_params=query,
+                )
+                rejection = spec.validate(ctx)
+                if rejection is not None:
+                    return rejection  # type: ignore[return-value]
+            job = state.manager.submit(
+                spec.name,
+                payload,
+                headers=headers,
+                route_params=route,
+                query_params=query,
+                owner=owner,
+                idempotency_key=key,
+            )
+        ext._ensure_worker(state)
+        wait = wait_seconds(request.headers.get("Prefer"), state.settings.max_wait_seconds)
+        status = 202
+        if wait:
+            waited = state.manager.wait_for_end(job.id, wait)
+            if waited is not None and waited.status.is_finished:
+                job, status = waited, 200
+        response = job_response(state, job, status)
+        response.vary.add("Prefer")
+        if status == 200:
+            response.headers["Preference-Applied"] = f"wait={wait}"
+        if ext._submitted_response is not None:
+            return ext._submitted_response(job, response)
+        return response
+
+    return view
+
+
+def _job_or_404(ext: AsyncEndpoints, state: _AppState, job_id: str) -> Job:
+    try:
+        parsed = uuid.UUID(job_id)
+    except ValueError:
+        raise JobNotFoundError(f"No job with id {job_id!r}.") from None
+    job = state.manager.get(parsed)
+    if job is None or (job.owner is not None and job.owner != ext._current_owner()):
+        raise JobNotFoundError(f"No job with id {job_id}.")
+    return job
+
+
+def job_view(ext: AsyncEndpoints) -> Callable[..., Response]:
+    """``GET``/``DELETE <jobs url>/<id>``: status and cancellation."""
+
+    @problems
+    def view(job_id: str) -> ResponseReturnValue:
+        state = ext._state()
+        job = _job_or_404(ext, state, job_id)
+        if request.method == "DELETE":
+            job = state.manager.cancel(job.id)
+        elif "wait" in request.args:
+            raw = request.args["wait"]
+            if not raw.isdigit():
+                raise InvalidRequestError(
+                    f"wait={raw!r} is not a whole number of seconds."
+                )
+            wait = min(int(raw), state.settings.max_wait_seconds)
+            if wait > 0 and not job.status.is_finished:
+                job = state.manager.wait_for_end(job.id, wait) or job
+        response = job_response(state, job)
+        if ext._status_response is not None:
+            return ext._status_response(job, response)
+        return response
+
+    return view

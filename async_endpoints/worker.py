@@ -1,0 +1,250 @@
+"""``Worker``: this process's dispatcher, handler threads and housekeeping.
+
+One dispatcher thread claims only as many jobs as there are free handler threads
+(so a claimed job never waits in an executor queue while its lease ticks), then
+blocks in the store until work may be due. One housekeeping thread renews every
+held lease in one store call, fails runs that pass the job timeout, and sweeps
+expired leases of dead processes. Flask-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import tenacity
+
+from async_endpoints.errors import StoreError
+from async_endpoints.jobs import Claim
+from async_endpoints.manager import JobManager, process_owner
+
+logger = logging.getLogger(__name__)
+
+# How long to back off after a store failure: 0.1 s doubling up to 5 s.
+_BACKOFF = tenacity.wait_exponential(multiplier=0.1, max=5.0)
+
+
+@dataclass(slots=True)
+class _Run:
+    claim: Claim
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.monotonic)
+    timed_out: bool = False
+
+
+class Worker:
+    """Runs jobs of one :class:`JobManager` in a thread pool of this process.
+
+    :param manager: the manager whose jobs it runs.
+    :param name: a label for thread names and logs.
+    """
+
+    def __init__(self, manager: JobManager, *, name: str = "async-endpoints") -> None:
+        settings = manager.settings
+        self.manager = manager
+        self.pid = os.getpid()
+        self.owner = process_owner()
+        self._name = name
+        self._concurrency = settings.max_concurrency
+        self._lock = threading.Lock()
+        self._slot_free = threading.Condition(self._lock)
+        self._runs: dict[UUID, _Run] = {}
+        self._stopping = threading.Event()
+        self._pool = ThreadPoolExecutor(
+            max_workers=self._concurrency, thread_name_prefix=name
+        )
+        self._threads = [
+            threading.Thread(target=self._dispatch, name=f"{name}-dispatcher", daemon=True),
+            threading.Thread(target=self._housekeep, name=f"{name}-heartbeat", daemon=True),
+        ]
+        self._started = False
+
+    def __repr__(self) -> str:
+        return f"<Worker owner={self.owner} running={len(self._runs)}>"
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._started and not self._stopping.is_set()
+
+    def held_claims(self) -> list[Claim]:
+        """The claims of the jobs running now."""
+        with self._lock:
+            return [run.claim for run in self._runs.values()]
+
+    def start(self) -> None:
+        """Start the dispatcher and housekeeping threads (once)."""
+        if self._started:
+            return
+        self._started = True
+        for thread in self._threads:
+            thread.start()
+        logger.info(
+            "async-endpoints worker %s started (%d threads)", self.owner, self._concurrency
+        )
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop claiming, let running jobs finish within ``grace`` seconds, and
+        hand the unfinished ones back to the queue at once.
+
+        A thread cannot be killed: a handed-back job whose handler still runs is
+        fenced out by its claim token, so its late outcome is discarded.
+        """
+        if grace is None:
+            grace = self.manager.settings.shutdown_grace_seconds
+        self._stopping.set()
+        if not self._started:
+            self._pool.shutdown(wait=False)
+            return
+        deadline = time.monotonic() + grace
+        with self._lock:
+            while self._runs and time.monotonic() < deadline:
+                self._slot_free.wait(max(0.0, deadline - time.monotonic()))
+            leftover = [run.claim for run in self._runs.values()]
+            for run in self._runs.values():
+                run.cancelled.set()
+        if leftover:
+            try:
+                self.manager.release(leftover)
+                logger.warning(
+                    "handed %d unfinished job(s) back to the queue", len(leftover)
+                )
+            except StoreError:
+                logger.exception(
+                    "could not hand %d job(s) back; their leases will expire and "
+                    "the sweeper will recover them",
+                    len(leftover),
+                )
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=max(0.1, deadline - time.monotonic()) + 2)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- threads -----------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        with self._lock:
+            while len(self._runs) >= self._concurrency and not self._stopping.is_set():
+                self._slot_free.wait(1.0)
+            return self._concurrency - len(self._runs)
+
+    def _dispatch(self) -> None:
+        failures = 0
+        store = self.manager.store
+        poll = self.manager.settings.poll_interval_seconds
+        while not self._stopping.is_set():
+            free = self._free_slots()
+            if self._stopping.is_set():
+                break
+            try:
+                claims = self.manager.claim(self.owner, free)
+                if not claims:
+                    store.wait_for_work(poll)
+                    continue
+                failures = 0
+            except Exception:  # noqa: BLE001 - log, back off, never die
+                failures += 1
+                delay = _backoff(failures)
+                logger.exception("claiming jobs failed; retrying in %.1f s", delay)
+                self._stopping.wait(delay)
+                continue
+            with self._lock:
+                if self._stopping.is_set():
+                    # Stopped between claim and start: hand them back.
+                    self._release_quietly(claims)
+                    break
+                for claim in claims:
+                    self._runs[claim.job_id] = _Run(claim=claim)
+            for claim in claims:
+                self._pool.submit(self._execute, self._runs[claim.job_id])
+
+    def _release_quietly(self, claims: list[Claim]) -> None:
+        try:
+            self.manager.release(claims)
+        except Exception:  # noqa: BLE001
+            logger.exception("could not hand back %d claimed job(s)", len(claims))
+
+    def _execute(self, run: _Run) -> None:
+        try:
+            self.manager.run(run.claim, run.cancelled)
+        except Exception:  # noqa: BLE001 - e.g. the store went away mid-run
+            logger.exception(
+                "recording the outcome of job %s failed; its lease will expire and "
+                "it will run again",
+                run.claim.job_id,
+            )
+        finally:
+            with self._lock:
+                self._runs.pop(run.claim.job_id, None)
+                self._slot_free.notify_all()
+
+    def _housekeep(self) -> None:
+        settings = self.manager.settings
+        beat_every = settings.claim_timeout_seconds / 3
+        next_beat = time.monotonic() + beat_every
+        next_sweep = time.monotonic() + _jittered(settings.sweep_interval_seconds) / 2
+        failures = 0
+        while not self._stopping.wait(min(0.5, beat_every)):
+            now = time.monotonic()
+            try:
+                self._expire_timeouts(now)
+                if now >= next_beat:
+                    self._beat()
+                    next_beat = now + beat_every
+                if now >= next_sweep:
+                    self.manager.recover_expired(self.owner)
+                    next_sweep = now + _jittered(settings.sweep_interval_seconds)
+                failures = 0
+            except Exception:  # noqa: BLE001 - log, back off, never die
+                failures += 1
+                delay = _backoff(failures)
+                logger.exception("worker housekeeping failed; retrying in %.1f s", delay)
+                self._stopping.wait(delay)
+
+    def _beat(self) -> None:
+        claims = self.held_claims()
+        if not claims:
+            return
+        result = self.manager.heartbeat(claims)
+        for claim in claims:
+            if claim.job_id not in result.held:
+                logger.warning(
+                    "job %s lost its claim (lease expired or handed over); its "
+                    "outcome will be discarded",
+                    claim.job_id,
+                )
+                with self._lock:
+                    run = self._runs.get(claim.job_id)
+                if run is not None:
+                    run.cancelled.set()
+
+    def _expire_timeouts(self, now: float) -> None:
+        limit = self.manager.settings.job_timeout_seconds
+        with self._lock:
+            late = [
+                run
+                for run in self._runs.values()
+                if now - run.started > limit and not run.timed_out
+            ]
+            for run in late:
+                run.timed_out = True
+        for run in late:
+            run.cancelled.set()
+            self.manager.fail(run.claim, self.manager.timeout_error())
+
+
+def _backoff(failures: int) -> float:
+    state = tenacity.RetryCallState(tenacity.Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = failures
+    return float(_BACKOFF(state))
+
+
+def _jittered(interval: float) -> float:
+    # ±10% so that many processes do not sweep in step.
+    return interval * random.uniform(0.9, 1.1)  # noqa: S311 - not for security

@@ -9,11 +9,11 @@ table. The tree::
     ├── JobFinishedError                      cancel of an ended job           -> 409
     ├── QueueFullError                        .retry_after seconds             -> 429
     ├── InvalidRequestError(ValueError)       body not JSON                    -> 400
-    │   ├── UnsupportedMediaTypeError         body not in a JSON content type  -> 415
-    │   ├── ValidationError                   body does not fit request_model  -> 422
-    │   └── IdempotencyConflictError          same key, different request      -> 422
-    ├── ResultError(TypeError)                handler result not serialisable  -> job Failed
-    ├── JobTimeoutError                       a run passed JOB_TIMEOUT_SECONDS -> job retried
+    │   ├── UnsupportedMediaTypeError         body not in a JSON type          -> 415
+    │   ├── ValidationError                   body does not fit the model      -> 422
+    │   └── IdempotencyConflictError          same key, another request        -> 422
+    ├── ResultError(TypeError)                result not storable as JSON      -> Failed
+    ├── JobTimeoutError                       run past JOB_TIMEOUT_SECONDS     -> retry
     └── StoreError
         └── StoreUnavailableError             store unreachable                -> 503
 """

@@ -16,7 +16,13 @@ from flask import Flask, Response, current_app, has_app_context, has_request_con
 
 from async_endpoints.errors import ConfigurationError, JobNotFoundError
 from async_endpoints.jobs import Job
-from async_endpoints.manager import Handler, HandlerSpec, JobManager, Validator, process_owner
+from async_endpoints.manager import (
+    Handler,
+    HandlerSpec,
+    JobManager,
+    Validator,
+    process_owner,
+)
 from async_endpoints.settings import DEFAULTS, PREFIX, Settings
 from async_endpoints.stores import JobStore, open_store
 from async_endpoints.views import job_view, submit_view
@@ -76,10 +82,13 @@ class AsyncEndpoints:
             self.init_app(app)
 
     def __repr__(self) -> str:
-        if not has_app_context() or current_app not in self._states:
+        state = self._current_state()
+        if state is None:
             return f"<{type(self).__name__}>"
-        store = self._states[current_app._get_current_object()].store  # type: ignore[attr-defined]
-        return f"<{type(self).__name__} store={store!r} handlers={len(self._handlers)}>"
+        return (
+            f"<{type(self).__name__} store={state.store!r} "
+            f"handlers={len(self._handlers)}>"
+        )
 
     # -- setup ---------------------------------------------------------------------
 
@@ -140,7 +149,7 @@ class AsyncEndpoints:
         )
 
     def _before_request(self) -> None:
-        state = self._states.get(current_app._get_current_object())  # type: ignore[attr-defined]
+        state = self._current_state()
         if state is not None:
             self._ensure_worker(state)
 
@@ -204,7 +213,9 @@ class AsyncEndpoints:
         max_retries: int | None = None,
     ) -> Callable[[_H], _H]:
         """Register a handler for ``DELETE rule``; see :meth:`post`."""
-        return self._register("DELETE", rule, name, request_model, validate, max_retries)
+        return self._register(
+            "DELETE", rule, name, request_model, validate, max_retries
+        )
 
     def _register(
         self,
@@ -340,10 +351,8 @@ class AsyncEndpoints:
 
         Inside an app context it stops that app's worker, otherwise every app's.
         """
-        if has_app_context() and current_app._get_current_object() in self._states:  # type: ignore[attr-defined]
-            states = [self._states[current_app._get_current_object()]]  # type: ignore[attr-defined]
-        else:
-            states = list(self._states.values())
+        current = self._current_state()
+        states = [current] if current is not None else list(self._states.values())
         for state in states:
             with state.lock:
                 worker, state.worker = state.worker, None
@@ -357,13 +366,19 @@ class AsyncEndpoints:
         for state in list(self._states.values()):
             self._ensure_worker(state)
 
+    def _current_state(self) -> _AppState | None:
+        if not has_app_context():
+            return None
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        return self._states.get(app)
+
     def _state(self) -> _AppState:
         if not has_app_context():
             raise ConfigurationError(
-                "Working outside of an application context: use 'with app.app_context():'."
+                "Working outside of an application context; use "
+                "'with app.app_context():'."
             )
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        state = self._states.get(app)
+        state = self._current_state()
         if state is None:
             raise ConfigurationError(
                 "AsyncEndpoints is not initialised on this app; did you call "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, TypeAlias
+from datetime import UTC, datetime
+from typing import TypeAlias
 from uuid import UUID
 
 JSONValue: TypeAlias = (
@@ -187,7 +187,7 @@ def format_timestamp(ts: float | None) -> str | None:
     """Render epoch seconds as ISO 8601 UTC with millisecond precision and ``Z``."""
     if ts is None:
         return None
-    moment = datetime.fromtimestamp(ts, timezone.utc)
+    moment = datetime.fromtimestamp(ts, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

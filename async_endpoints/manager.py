@@ -18,12 +18,17 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, ContextManager
+from typing import Any
 from uuid import UUID
 
 from async_endpoints.context import AsyncContext, Headers
-from async_endpoints.errors import ConfigurationError, InvalidRequestError, JobTimeoutError
+from async_endpoints.errors import (
+    ConfigurationError,
+    InvalidRequestError,
+    JobTimeoutError,
+)
 from async_endpoints.jobs import (
     Claim,
     ErrorInfo,
@@ -90,7 +95,7 @@ class JobManager:
         store: JobStore,
         settings: Settings,
         handlers: Mapping[str, HandlerSpec],
-        app_context: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+        app_context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -164,7 +169,9 @@ class JobManager:
         )
         idempotency = None
         if idempotency_key is not None:
-            idempotency = self._idempotency(name, idempotency_key, body, route, query, owner)
+            idempotency = self._idempotency(
+                name, idempotency_key, body, route, query, owner
+            )
         stored = self.store.submit(
             job,
             max_queue_size=self.settings.max_queue_size,
@@ -284,7 +291,9 @@ class JobManager:
         its result discarded.
         """
         job = claim.job
-        log = logging.LoggerAdapter(logger, {"job_id": str(job.id), "job_name": job.name})
+        log = logging.LoggerAdapter(
+            logger, {"job_id": str(job.id), "job_name": job.name}
+        )
         event = cancelled or threading.Event()
         with self._running_lock:
             self._running[job.id] = event
@@ -293,7 +302,7 @@ class JobManager:
             try:
                 value = self._call(claim, event)
                 result = to_json(value, max_bytes=self.settings.max_result_bytes)
-            except BaseException as exc:  # noqa: BLE001 - the worker must survive
+            except BaseException as exc:
                 self.fail(claim, exc, log=log)
                 if isinstance(exc, KeyboardInterrupt) and (
                     threading.current_thread() is threading.main_thread()
@@ -309,7 +318,9 @@ class JobManager:
             ):
                 log.debug("job %s completed", job.id)
             else:
-                log.warning("job %s finished after it lost its claim; result discarded", job.id)
+                log.warning(
+                    "job %s finished after it lost its claim; result discarded", job.id
+                )
         finally:
             with self._running_lock:
                 if self._running.get(job.id) is event:

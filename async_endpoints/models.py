@@ -56,13 +56,22 @@ def parse_model(model: type[Any], data: JSONValue) -> Any:
                 {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
                 for e in exc.errors(include_url=False, include_context=False)
             ]
-            raise ValidationError("The request body is invalid.", errors=errors) from None
+            raise ValidationError(
+                "The request body is invalid.", errors=errors
+            ) from None
     if dataclasses.is_dataclass(model):
         return _parse_dataclass(model, data)
-    raise TypeError(f"request_model {model!r} is neither a dataclass nor a pydantic model")
+    raise TypeError(
+        f"request_model {model!r} is neither a dataclass nor a pydantic model"
+    )
 
 
-_SIMPLE = {"str": str, "int": int, "float": (int, float), "bool": bool}
+_SIMPLE: dict[str, type | tuple[type, ...]] = {
+    "str": str,
+    "int": int,
+    "float": (int, float),
+    "bool": bool,
+}
 
 
 def _parse_dataclass(model: type[Any], data: JSONValue) -> Any:
@@ -79,13 +88,19 @@ def _parse_dataclass(model: type[Any], data: JSONValue) -> Any:
     ]
     for name, f in fields.items():
         required = (
-            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
         )
         if name not in data:
             if required:
-                errors.append({"loc": [name], "msg": "Field required", "type": "missing"})
+                errors.append(
+                    {"loc": [name], "msg": "Field required", "type": "missing"}
+                )
             continue
-        expected = _SIMPLE.get(f.type if isinstance(f.type, str) else f.type.__name__)
+        type_name = (
+            f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        )
+        expected = _SIMPLE.get(type_name)
         value = data[name]
         if expected is not None and (
             not isinstance(value, expected)

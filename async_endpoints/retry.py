@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import tenacity
-from tenacity.retry import retry_base
-from tenacity.stop import stop_base
-from tenacity.wait import wait_base
 
 from async_endpoints.errors import ResultError
+
+if TYPE_CHECKING:
+    from tenacity.retry import retry_base
+    from tenacity.stop import stop_base
+    from tenacity.wait import wait_base
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -88,7 +91,7 @@ class RetryPolicy:
         state.outcome_timestamp = state.start_time + (now - first_started_at)
         try:
             action = retrying.iter(state)
-        except BaseException:  # noqa: BLE001 - RetryError or the original error
+        except BaseException:
             return None
         if isinstance(action, tenacity.DoSleep):
             return now + float(action)

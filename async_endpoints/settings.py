@@ -109,7 +109,9 @@ class Settings:
             retry_delay_base_seconds=_number(raw, "RETRY_DELAY_BASE_SECONDS", float),
             retry_max_delay_seconds=_number(raw, "RETRY_MAX_DELAY_SECONDS", float),
             retry_jitter_seconds=_number(raw, "RETRY_JITTER_SECONDS", float),
-            job_timeout_seconds=_number(raw, "JOB_TIMEOUT_SECONDS", float, positive=True),
+            job_timeout_seconds=_number(
+                raw, "JOB_TIMEOUT_SECONDS", float, positive=True
+            ),
             claim_timeout_seconds=_number(
                 raw, "CLAIM_TIMEOUT_SECONDS", float, positive=True
             ),
@@ -136,7 +138,9 @@ class Settings:
 def _text(raw: Mapping[str, Any], key: str) -> str:
     value = raw[key]
     if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{PREFIX}{key} must be a non-empty string, not {value!r}.")
+        raise ConfigurationError(
+            f"{PREFIX}{key} must be a non-empty string, not {value!r}."
+        )
     return value
 
 

@@ -160,7 +160,9 @@ def wait_seconds(value: str | None, cap: float) -> int | None:
     return int(min(int(match.group(1)), cap))
 
 
-def submit_view(ext: AsyncEndpoints, spec: HandlerSpec) -> Callable[..., Response]:
+def submit_view(
+    ext: AsyncEndpoints, spec: HandlerSpec
+) -> Callable[..., ResponseReturnValue]:
     """The view of a handler's route: validate, queue, answer 202."""
 
     @problems
@@ -177,7 +179,12 @@ def submit_view(ext: AsyncEndpoints, spec: HandlerSpec) -> Callable[..., Respons
         job = None
         if key is not None:
             job = state.manager.find_idempotent(
-                spec.name, key, payload, route_params=route, query_params=query, owner=owner
+                spec.name,
+                key,
+                payload,
+                route_params=route,
+                query_params=query,
+                owner=owner,
             )
         if job is None:
             request_obj = payload
@@ -203,7 +210,9 @@ def submit_view(ext: AsyncEndpoints, spec: HandlerSpec) -> Callable[..., Respons
                 idempotency_key=key,
             )
         ext._ensure_worker(state)
-        wait = wait_seconds(request.headers.get("Prefer"), state.settings.max_wait_seconds)
+        wait = wait_seconds(
+            request.headers.get("Prefer"), state.settings.max_wait_seconds
+        )
         status = 202
         if wait:
             waited = state.manager.wait_for_end(job.id, wait)
@@ -231,7 +240,7 @@ def _job_or_404(ext: AsyncEndpoints, state: _AppState, job_id: str) -> Job:
     return job
 
 
-def job_view(ext: AsyncEndpoints) -> Callable[..., Response]:
+def job_view(ext: AsyncEndpoints) -> Callable[..., ResponseReturnValue]:
     """``GET``/``DELETE <jobs url>/<id>``: status and cancellation."""
 
     @problems

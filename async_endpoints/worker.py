@@ -60,8 +60,12 @@ class Worker:
             max_workers=self._concurrency, thread_name_prefix=name
         )
         self._threads = [
-            threading.Thread(target=self._dispatch, name=f"{name}-dispatcher", daemon=True),
-            threading.Thread(target=self._housekeep, name=f"{name}-heartbeat", daemon=True),
+            threading.Thread(
+                target=self._dispatch, name=f"{name}-dispatcher", daemon=True
+            ),
+            threading.Thread(
+                target=self._housekeep, name=f"{name}-heartbeat", daemon=True
+            ),
         ]
         self._started = False
 
@@ -86,7 +90,9 @@ class Worker:
         for thread in self._threads:
             thread.start()
         logger.info(
-            "async-endpoints worker %s started (%d threads)", self.owner, self._concurrency
+            "async-endpoints worker %s started (%d threads)",
+            self.owner,
+            self._concurrency,
         )
 
     def stop(self, grace: float | None = None) -> None:
@@ -121,9 +127,12 @@ class Worker:
                     "the sweeper will recover them",
                     len(leftover),
                 )
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout=max(0.1, deadline - time.monotonic()) + 2)
+        # The dispatcher may sit in a blocking store wait; it checks the stop flag
+        # before it claims again (and hands back a claim that raced the stop), so
+        # only the housekeeping thread is joined.
+        housekeeping = self._threads[1]
+        if housekeeping is not threading.current_thread():
+            housekeeping.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- threads -----------------------------------------------------------------
@@ -148,7 +157,7 @@ class Worker:
                     store.wait_for_work(poll)
                     continue
                 failures = 0
-            except Exception:  # noqa: BLE001 - log, back off, never die
+            except Exception:
                 failures += 1
                 delay = _backoff(failures)
                 logger.exception("claiming jobs failed; retrying in %.1f s", delay)
@@ -167,13 +176,13 @@ class Worker:
     def _release_quietly(self, claims: list[Claim]) -> None:
         try:
             self.manager.release(claims)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("could not hand back %d claimed job(s)", len(claims))
 
     def _execute(self, run: _Run) -> None:
         try:
             self.manager.run(run.claim, run.cancelled)
-        except Exception:  # noqa: BLE001 - e.g. the store went away mid-run
+        except Exception:
             logger.exception(
                 "recording the outcome of job %s failed; its lease will expire and "
                 "it will run again",
@@ -201,10 +210,12 @@ class Worker:
                     self.manager.recover_expired(self.owner)
                     next_sweep = now + _jittered(settings.sweep_interval_seconds)
                 failures = 0
-            except Exception:  # noqa: BLE001 - log, back off, never die
+            except Exception:
                 failures += 1
                 delay = _backoff(failures)
-                logger.exception("worker housekeeping failed; retrying in %.1f s", delay)
+                logger.exception(
+                    "worker housekeeping failed; retrying in %.1f s", delay
+                )
                 self._stopping.wait(delay)
 
     def _beat(self) -> None:
@@ -247,4 +258,4 @@ def _backoff(failures: int) -> float:
 
 def _jittered(interval: float) -> float:
     # ±10% so that many processes do not sweep in step.
-    return interval * random.uniform(0.9, 1.1)  # noqa: S311 - not for security
+    return interval * random.uniform(0.9, 1.1)

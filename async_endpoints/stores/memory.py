@@ -194,7 +194,9 @@ class MemoryStore:
                 held.add(claim.job_id)
                 if job.cancel_requested:
                     canceling.add(claim.job_id)
-        return HeartbeatResult(held=frozenset(held), cancel_requested=frozenset(canceling))
+        return HeartbeatResult(
+            held=frozenset(held), cancel_requested=frozenset(canceling)
+        )
 
     def complete(
         self, claim: Claim, result: JSONValue, *, ttl: float, now: float

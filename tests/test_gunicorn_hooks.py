@@ -1,0 +1,78 @@
+"""The gunicorn hooks, called with stand-in server and worker objects."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+from flask import Flask
+
+from async_endpoints import AsyncContext, AsyncEndpoints, JobStatus
+from async_endpoints import gunicorn as hooks
+from tests.conftest import wait_until
+
+
+@dataclass
+class FakeWorker:
+    pid: int
+
+
+@pytest.fixture(autouse=True)
+def _unmark(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hooks, "_marked", None)
+
+
+def live_app() -> tuple[Flask, AsyncEndpoints]:
+    app = Flask(__name__)
+    app.config["ASYNC_ENDPOINTS_SHUTDOWN_GRACE_SECONDS"] = 0.1
+    ae = AsyncEndpoints(app)
+
+    @ae.post("/n", name="N")
+    def n(ctx: AsyncContext) -> str:
+        return "ran"
+
+    return app, ae
+
+
+def test_post_fork_with_preload_starts_existing_workers() -> None:
+    app, ae = live_app()
+    with app.app_context():
+        job = ae._state().manager.submit("N")
+        assert ae._state().worker is None  # init_app started nothing
+    hooks.post_fork(object(), FakeWorker(pid=os.getpid()))
+    try:
+        with app.app_context():
+            assert ae._state().worker is not None
+            wait_until(
+                lambda: ae.get_job(job.id).status is JobStatus.COMPLETED,  # type: ignore[union-attr]
+                10,
+                "a job run without any HTTP request",
+            )
+    finally:
+        hooks.worker_exit(object(), FakeWorker(pid=os.getpid()))
+    with app.app_context():
+        assert ae._state().worker is None
+
+
+def test_post_fork_without_preload_makes_init_app_start_the_worker() -> None:
+    hooks.post_fork(object(), FakeWorker(pid=os.getpid()))
+    app, ae = live_app()  # imported after the fork, as gunicorn does without preload
+    try:
+        with app.app_context():
+            assert ae._state().worker is not None
+    finally:
+        hooks.worker_exit(object(), FakeWorker(pid=os.getpid()))
+
+
+def test_worker_exit_in_the_master_does_nothing() -> None:
+    app, ae = live_app()
+    hooks.post_fork(object(), FakeWorker(pid=os.getpid()))
+    try:
+        hooks.worker_exit(object(), FakeWorker(pid=os.getpid() + 100000))
+        with app.app_context():
+            worker = ae._state().worker
+            assert worker is not None
+            assert worker.running
+    finally:
+        hooks.worker_exit(object(), FakeWorker(pid=os.getpid()))

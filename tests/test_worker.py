@@ -1,0 +1,252 @@
+"""The background worker with real threads; bounded waits, no sleeps as sync."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+
+from async_endpoints import AsyncContext, AsyncEndpoints, JobStatus
+from tests.conftest import wait_until
+
+
+@pytest.fixture
+def live_app() -> Iterator[tuple[Flask, AsyncEndpoints]]:
+    """An app whose worker runs in the background (two handler threads)."""
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_MAX_CONCURRENCY=2,
+        ASYNC_ENDPOINTS_POLL_INTERVAL_SECONDS=30,  # pickup must not depend on polling
+        ASYNC_ENDPOINTS_RETRY_DELAY_BASE_SECONDS=0.05,
+        ASYNC_ENDPOINTS_SHUTDOWN_GRACE_SECONDS=5,
+    )
+    ae = AsyncEndpoints(app)
+    yield app, ae
+    ae.shutdown(grace=0)
+
+
+def status_of(app: Flask, ae: AsyncEndpoints, job_id: object) -> JobStatus | None:
+    with app.app_context():
+        job = ae.get_job(str(job_id))
+    return None if job is None else job.status
+
+
+def test_submission_wakes_the_idle_worker(
+    live_app: tuple[Flask, AsyncEndpoints],
+) -> None:
+    app, ae = live_app
+
+    @ae.post("/echo", name="Echo")
+    def echo(ctx: AsyncContext) -> object:
+        return ctx.request
+
+    client = app.test_client()
+    first = client.post("/echo", json=1).get_json()["id"]  # starts the worker
+    wait_until(lambda: status_of(app, ae, first) is JobStatus.COMPLETED, 10, "job 1")
+    # The worker now idles in a 30 s wait; a new job must wake it at once.
+    second = client.post("/echo", json=2).get_json()["id"]
+    wait_until(lambda: status_of(app, ae, second) is JobStatus.COMPLETED, 10, "job 2")
+
+
+def test_concurrency_is_bounded(live_app: tuple[Flask, AsyncEndpoints]) -> None:
+    app, ae = live_app
+    release = threading.Event()
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+
+    @ae.post("/block", name="Block")
+    def block(ctx: AsyncContext) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        release.wait(20)
+        with lock:
+            running -= 1
+
+    client = app.test_client()
+    ids = [client.post("/block").get_json()["id"] for _ in range(5)]
+    wait_until(lambda: running == 2, 10, "two handlers running")
+    statuses = [status_of(app, ae, i) for i in ids]
+    assert statuses.count(JobStatus.IN_PROGRESS) == 2  # claims only for free threads
+    assert statuses.count(JobStatus.QUEUED) == 3
+    release.set()
+    for job_id in ids:
+        wait_until(
+            lambda j=job_id: status_of(app, ae, j) is JobStatus.COMPLETED, 10, "all"
+        )
+    assert peak == 2
+
+
+def test_retries_run_in_the_background(live_app: tuple[Flask, AsyncEndpoints]) -> None:
+    app, ae = live_app
+    attempts: list[int] = []
+
+    @ae.post("/flaky", name="Flaky")
+    def flaky(ctx: AsyncContext) -> int:
+        attempts.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise RuntimeError("again")
+        return ctx.attempt
+
+    job_id = app.test_client().post("/flaky").get_json()["id"]
+    wait_until(lambda: status_of(app, ae, job_id) is JobStatus.COMPLETED, 10, "retries")
+    assert attempts == [1, 2, 3]
+
+
+def test_worker_survives_handlers_that_raise_base_exceptions(
+    live_app: tuple[Flask, AsyncEndpoints],
+) -> None:
+    app, ae = live_app
+
+    @ae.post("/exit", name="Exit", max_retries=0)
+    def leave(ctx: AsyncContext) -> None:
+        raise SystemExit(1)
+
+    @ae.post("/ok", name="Ok")
+    def ok(ctx: AsyncContext) -> str:
+        return "ok"
+
+    client = app.test_client()
+    bad = client.post("/exit").get_json()["id"]
+    wait_until(lambda: status_of(app, ae, bad) is JobStatus.FAILED, 10, "failed job")
+    good = client.post("/ok").get_json()["id"]
+    wait_until(lambda: status_of(app, ae, good) is JobStatus.COMPLETED, 10, "next job")
+
+
+def test_cancel_a_running_job_over_http(live_app: tuple[Flask, AsyncEndpoints]) -> None:
+    app, ae = live_app
+    started = threading.Event()
+
+    @ae.post("/long", name="Long")
+    def long(ctx: AsyncContext) -> str:
+        started.set()
+        assert ctx.cancelled.wait(20), "ctx.cancelled was never set"
+        return "stopped early"
+
+    client = app.test_client()
+    location = client.post("/long").headers["Location"]
+    assert started.wait(10)
+    response = client.delete(location)
+    assert response.status_code == 200
+    job_id = location.rsplit("/", 1)[1]
+    wait_until(lambda: status_of(app, ae, job_id) is JobStatus.CANCELED, 10, "canceled")
+
+
+def test_job_timeout_fails_the_run_and_discards_its_result() -> None:
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_JOB_TIMEOUT_SECONDS=0.3,
+        ASYNC_ENDPOINTS_MAX_RETRIES=0,
+    )
+    ae = AsyncEndpoints(app)
+    finished = threading.Event()
+
+    @ae.post("/hang", name="Hang")
+    def hang(ctx: AsyncContext) -> str:
+        ctx.cancelled.wait(20)
+        finished.set()
+        return "late result"
+
+    try:
+        job_id = app.test_client().post("/hang").get_json()["id"]
+        wait_until(
+            lambda: status_of(app, ae, job_id) is JobStatus.FAILED, 10, "timeout"
+        )
+        assert finished.wait(10), "the handler was not told to stop"
+        with app.app_context():
+            job = ae.get_job(job_id)
+        assert job is not None
+        assert job.error is not None
+        assert job.error.type == "JobTimeoutError"
+        assert job.result is None
+    finally:
+        ae.shutdown(grace=0)
+
+
+def test_shutdown_hands_unfinished_jobs_back(
+    live_app: tuple[Flask, AsyncEndpoints],
+) -> None:
+    app, ae = live_app
+    started = threading.Event()
+    release = threading.Event()
+
+    @ae.post("/stuck", name="Stuck")
+    def stuck(ctx: AsyncContext) -> str:
+        started.set()
+        release.wait(20)
+        return "too late"
+
+    job_id = app.test_client().post("/stuck").get_json()["id"]
+    assert started.wait(10)
+    with app.app_context():
+        ae.shutdown(grace=0.1)
+        job = ae.get_job(job_id)
+        assert job is not None
+        assert job.status is JobStatus.QUEUED
+        assert job.retry_count == 0
+    release.set()
+    # The handed-back run's late result is fenced out; nothing else runs it.
+    with app.app_context():
+        job = ae.get_job(job_id)
+    assert job is not None
+    assert job.status is JobStatus.QUEUED
+
+
+def test_shutdown_lets_running_jobs_finish_within_grace(
+    live_app: tuple[Flask, AsyncEndpoints],
+) -> None:
+    app, ae = live_app
+    started = threading.Event()
+    release = threading.Event()
+
+    @ae.post("/short", name="Short")
+    def short(ctx: AsyncContext) -> str:
+        started.set()
+        release.wait(20)
+        return "finished"
+
+    job_id = app.test_client().post("/short").get_json()["id"]
+    assert started.wait(10)
+    threading.Timer(0.1, release.set).start()
+    with app.app_context():
+        ae.shutdown(grace=10)
+    assert status_of(app, ae, job_id) is JobStatus.COMPLETED
+
+
+def test_a_forked_child_gets_a_new_worker(
+    live_app: tuple[Flask, AsyncEndpoints],
+) -> None:
+    app, ae = live_app
+
+    @ae.post("/n", name="N")
+    def n(ctx: AsyncContext) -> None:
+        return None
+
+    client = app.test_client()
+    client.post("/n")
+    with app.app_context():
+        state = ae._state()
+    inherited = state.worker
+    assert inherited is not None
+    inherited.pid = -1  # what a child process sees: a worker from another pid
+    client.post("/n")
+    assert state.worker is not inherited
+    assert state.worker is not None
+    assert state.worker.running
+    inherited.pid = __import__("os").getpid()
+    inherited.stop(grace=0)
+
+
+def test_no_worker_when_start_worker_is_false(app: Flask, ae: AsyncEndpoints) -> None:
+    @ae.post("/n", name="N")
+    def n(ctx: AsyncContext) -> None:
+        return None
+
+    app.test_client().post("/n")
+    with app.app_context():
+        assert ae._state().worker is None
+        assert ae._state().store.queue_size() == 1

@@ -1,0 +1,119 @@
+"""Several worker processes drain one Redis queue: every job completes exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+
+from async_endpoints import AsyncEndpoints, JobStatus
+from tests.conftest import RedisServer
+
+ROOT = Path(__file__).resolve().parents[2]
+JOBS = 3000
+PROCESSES = 3
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``flask async-endpoints worker`` on the integration app, in a new process."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flask",
+                "--app",
+                "tests.integration.worker_app",
+                "async-endpoints",
+                "worker",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield redis_server.url
+    client.flushdb()
+    client.close()
+
+
+def test_processes_drain_a_shared_queue_exactly_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    env = dict(os.environ)
+    env.update(
+        AE_TEST_REDIS_URL=redis_url,
+        ASYNC_ENDPOINTS_MAX_CONCURRENCY="4",
+        ASYNC_ENDPOINTS_SHUTDOWN_GRACE_SECONDS="5",
+    )
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_STORE_URL=redis_url,
+        ASYNC_ENDPOINTS_KEY_PREFIX="itest",
+        ASYNC_ENDPOINTS_START_WORKER=False,
+        ASYNC_ENDPOINTS_MAX_QUEUE_SIZE=0,
+    )
+    ae = AsyncEndpoints(app)
+
+    @ae.post("/count", name="Count")
+    def count(ctx: object) -> None:  # runs in the worker processes, not here
+        raise AssertionError("the submitting process must not run jobs")
+
+    with app.app_context():
+        ids = [ae.submit("Count", {"n": n}).id for n in range(JOBS)]
+    logs = [tmp_path / f"worker{i}.log" for i in range(PROCESSES)]
+    workers = [start_worker(env, log) for log in logs]
+    try:
+        deadline = time.monotonic() + 180
+        with app.app_context():
+            pending = list(ids)
+            while pending:
+                assert time.monotonic() < deadline, (
+                    f"{len(pending)} jobs never finished"
+                )
+                for proc, log in zip(workers, logs, strict=True):
+                    assert proc.poll() is None, log.read_text()
+                statuses = [(i, ae.get_job(i)) for i in pending]
+                pending = [
+                    i
+                    for i, job in statuses
+                    if job is None or not job.status.is_finished
+                ]
+                if pending:
+                    time.sleep(0.2)
+            jobs = [ae.get_job(i) for i in ids]
+    finally:
+        for proc in workers:
+            proc.terminate()
+        for proc in workers:
+            proc.wait(timeout=30)
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    runs = client.hgetall("itest-runs")
+    pids = client.hgetall("itest-pids")
+    client.close()
+    assert all(job is not None and job.status is JobStatus.COMPLETED for job in jobs)
+    assert [job.result["n"] for job in jobs] == [2 * n for n in range(JOBS)]  # type: ignore[union-attr,index]
+    assert len(runs) == JOBS
+    assert set(runs.values()) == {"1"}, "some job ran more than once"
+    assert sum(int(v) for v in runs.values()) == JOBS
+    # The work was shared: every process ran some of it.
+    assert len(set(pids.values())) == PROCESSES, json.dumps(
+        {p: list(pids.values()).count(p) for p in set(pids.values())}
+    )

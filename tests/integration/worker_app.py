@@ -1,0 +1,39 @@
+"""An app for integration tests: Redis store, handlers that count their runs.
+
+Configured from the environment: ``AE_TEST_REDIS_URL`` (required),
+``AE_TEST_JOB_SECONDS`` (how long each run sleeps, default 0), and any
+``ASYNC_ENDPOINTS_*`` variable, which is copied into ``app.config``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import redis
+from flask import Flask
+
+from async_endpoints import AsyncContext, AsyncEndpoints
+
+REDIS_URL = os.environ["AE_TEST_REDIS_URL"]
+JOB_SECONDS = float(os.environ.get("AE_TEST_JOB_SECONDS", "0"))
+
+app = Flask(__name__)
+app.config["ASYNC_ENDPOINTS_STORE_URL"] = REDIS_URL
+app.config["ASYNC_ENDPOINTS_KEY_PREFIX"] = "itest"
+for key, value in os.environ.items():
+    if key.startswith("ASYNC_ENDPOINTS_"):
+        app.config[key] = json.loads(value)
+ae = AsyncEndpoints(app)
+_counter = redis.Redis.from_url(REDIS_URL)
+
+
+@ae.post("/count", name="Count")
+def count(ctx: AsyncContext) -> dict[str, object]:
+    """Record this run in Redis (runs per job id), optionally take a while."""
+    _counter.hincrby("itest-runs", str(ctx.job_id), 1)
+    _counter.hset("itest-pids", str(ctx.job_id), os.getpid())
+    if JOB_SECONDS:
+        time.sleep(JOB_SECONDS)
+    return {"n": ctx.request["n"] * 2, "pid": os.getpid()}

@@ -1,0 +1,379 @@
+"""What only the Redis store promises: key layout, expiry, memory, scripts, errors."""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+import redis
+from redis.crc import key_slot
+
+from async_endpoints.errors import (
+    ConfigurationError,
+    IdempotencyConflictError,
+    StoreUnavailableError,
+)
+from async_endpoints.jobs import Claim, ErrorInfo, Idempotency, JobStatus
+from async_endpoints.stores.redis import RedisStore
+from tests.conftest import RedisServer, free_port
+from tests.stores.conftest import make_job
+
+NOW = 1000.0
+LEASE = 30.0
+TTL = 3600.0
+BOOM = ErrorInfo(type="ValueError", message="boom", stack_trace="Traceback ...")
+SCRIPTS = {
+    "submit",
+    "claim",
+    "heartbeat",
+    "complete",
+    "fail",
+    "report_progress",
+    "release",
+    "cancel",
+    "recover_expired",
+}
+
+
+@pytest.fixture
+def real_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def real_store(real_client: redis.Redis) -> Iterator[RedisStore]:
+    store = RedisStore(real_client, prefix="only")
+    yield store
+    store.close()
+
+
+def submit(store: RedisStore, now: float = NOW) -> uuid.UUID:
+    return store.submit(make_job(now=now), max_queue_size=0, now=now).id
+
+
+def ids_in(client: redis.Redis, key: str) -> set[str]:
+    members = client.zrange(key, 0, -1)
+    return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+
+
+# -- key layout -------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_a_full_lifecycle_leaves_only_tagged_expected_keys(
+    real_client: redis.Redis,
+) -> None:
+    store = RedisStore(real_client, prefix="life")
+    try:
+        done = submit(store)
+        store.complete(
+            store.claim("w", limit=1, lease=LEASE, now=NOW)[0], 1, ttl=TTL, now=NOW
+        )
+        failed = submit(store)
+        (claim,) = store.claim("w", limit=1, lease=LEASE, now=NOW)
+        store.fail(claim, BOOM, retry_at=None, ttl=TTL, now=NOW)
+        retried = submit(store)
+        (claim,) = store.claim("w", limit=1, lease=LEASE, now=NOW)
+        store.fail(claim, BOOM, retry_at=NOW, ttl=TTL, now=NOW)
+        (claim,) = store.claim("w", limit=1, lease=LEASE, now=NOW)
+        store.complete(claim, "fine", ttl=TTL, now=NOW)
+        canceled = submit(store)
+        store.cancel(canceled, ttl=TTL, now=NOW)
+        stopped = submit(store)
+        (claim,) = store.claim("w", limit=1, lease=LEASE, now=NOW)
+        store.cancel(stopped, ttl=TTL, now=NOW)
+        store.complete(claim, None, ttl=TTL, now=NOW)
+        released = submit(store)
+        store.release(store.claim("w", limit=1, lease=LEASE, now=NOW), now=NOW)
+        key = Idempotency(key="Echo:-:k1", fingerprint="f", ttl=60)
+        once = store.submit(make_job(), max_queue_size=0, idempotency=key, now=NOW)
+        again = store.submit(make_job(), max_queue_size=0, idempotency=key, now=NOW)
+        assert again.id == once.id
+        running = submit(store, now=NOW + 1)
+        claims = store.claim("w", limit=3, lease=LEASE, now=NOW + 1)
+        # The claim takes the earliest: released, then the idempotent job, then running.
+        assert {c.job_id for c in claims} == {released, once.id, running}
+        store.release([c for c in claims if c.job_id != running], now=NOW + 2)
+
+        keys = {k.decode() for k in real_client.scan_iter("*")}
+        jobs = [done, failed, retried, canceled, stopped, released, once.id, running]
+        assert keys == {f"{{life}}:job:{job_id}" for job_id in jobs} | {
+            "{life}:ready",
+            "{life}:claimed",
+            "{life}:wake",
+            "{life}:idem:Echo:-:k1",
+        }
+        assert all(k.startswith("{life}:") for k in keys)
+        assert len({key_slot(k.encode()) for k in keys}) == 1
+        assert ids_in(real_client, "{life}:ready") == {str(released), str(once.id)}
+        assert ids_in(real_client, "{life}:claimed") == {str(running)}
+        assert real_client.llen("{life}:wake") <= 64
+    finally:
+        store.close()
+
+
+@pytest.mark.redis
+def test_finished_jobs_leave_the_sets_and_carry_a_ttl(
+    real_client: redis.Redis, real_store: RedisStore
+) -> None:
+    def claim_next() -> Claim:
+        (claim,) = real_store.claim("w", limit=1, lease=LEASE, now=NOW)
+        return claim
+
+    completed = submit(real_store)
+    real_store.complete(claim_next(), {"r": 1}, ttl=90.2, now=NOW)
+    failed = submit(real_store)
+    real_store.fail(claim_next(), BOOM, retry_at=None, ttl=90.2, now=NOW)
+    canceled = submit(real_store)
+    real_store.cancel(canceled, ttl=90.2, now=NOW)
+    running = submit(real_store)
+    claim_next()
+    waiting = submit(real_store)
+
+    for job_id in (completed, failed, canceled):
+        assert 85 <= real_client.ttl(f"{{only}}:job:{job_id}") <= 91
+    for job_id in (running, waiting):
+        assert real_client.ttl(f"{{only}}:job:{job_id}") == -1
+    assert ids_in(real_client, "{only}:claimed") == {str(running)}
+    assert ids_in(real_client, "{only}:ready") == {str(waiting)}
+
+
+@pytest.mark.redis
+def test_a_finished_no_op_job_is_small(
+    real_client: redis.Redis, real_store: RedisStore
+) -> None:
+    now = time.time()
+    job = make_job(now=now, owner="alice")
+    real_store.submit(job, max_queue_size=0, now=now)
+    (claim,) = real_store.claim("host-1234-worker", limit=1, lease=LEASE, now=now)
+    real_store.complete(claim, None, ttl=TTL, now=time.time())
+    key = f"{{only}}:job:{job.id}"
+    assert real_client.object("encoding", key) == b"listpack"
+    usage = real_client.memory_usage(key)
+    assert usage is not None
+    assert usage <= 512
+    assert set(real_client.hkeys(key)) == {
+        b"n",
+        b"s",
+        b"m",
+        b"c",
+        b"u",
+        b"b",
+        b"e",
+        b"o",
+    }
+
+
+# -- scripts ----------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_operations_survive_a_script_flush(
+    real_client: redis.Redis, real_store: RedisStore
+) -> None:
+    job_id = submit(real_store)
+    real_client.script_flush()
+    (claim,) = real_store.claim("w", limit=1, lease=LEASE, now=NOW)
+    real_client.script_flush()
+    assert real_store.complete(claim, "ok", ttl=TTL, now=NOW)
+    job = real_store.get(job_id, now=NOW)
+    assert job is not None
+    assert job.status is JobStatus.COMPLETED
+
+
+def test_every_script_documents_its_keys_argv_and_reply() -> None:
+    folder = importlib.resources.files("async_endpoints.stores").joinpath("lua")
+    names = {
+        entry.name.removesuffix(".lua")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".lua")
+    }
+    assert names == SCRIPTS
+    for name in SCRIPTS:
+        text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+        header = "\n".join(line for line in text.splitlines() if line.startswith("--"))
+        assert text.startswith(f"-- {name}.lua:"), name
+        assert "KEYS[1]" in header, name
+        assert "ARGV[1]" in header, name
+        assert "epoch seconds" in header, name
+        assert "Returns" in header, name
+
+
+def test_status_names_in_scripts_are_job_statuses() -> None:
+    folder = importlib.resources.files("async_endpoints.stores").joinpath("lua")
+    statuses = {status.value for status in JobStatus}
+    for name in SCRIPTS:
+        code = "\n".join(
+            line
+            for line in folder.joinpath(f"{name}.lua").read_text().splitlines()
+            if not line.lstrip().startswith("--")
+        )
+        assert set(re.findall(r"'((?:[A-Z][a-z]+)+)'", code)) <= statuses, name
+
+
+# -- errors ----------------------------------------------------------------------
+
+
+def test_an_unreachable_redis_raises_store_unavailable() -> None:
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", prefix="down")
+    try:
+        with pytest.raises(StoreUnavailableError) as info:
+            store.submit(make_job(), max_queue_size=0, now=NOW)
+        assert isinstance(info.value.__cause__, redis.ConnectionError)
+        with pytest.raises(StoreUnavailableError):
+            store.get(uuid.uuid4(), now=NOW)
+        with pytest.raises(StoreUnavailableError):
+            store.claim("w", limit=1, lease=LEASE, now=NOW)
+        with pytest.raises(StoreUnavailableError):
+            store.wait_for_work(0.1)
+    finally:
+        store.close()
+
+
+def test_a_prefix_with_braces_is_refused() -> None:
+    client = fakeredis.FakeRedis()
+    try:
+        with pytest.raises(ConfigurationError):
+            RedisStore(client, prefix="a{b}")
+        with pytest.raises(ConfigurationError):
+            RedisStore(client, prefix="")
+    finally:
+        client.close()
+
+
+def test_from_url_refuses_other_schemes() -> None:
+    with pytest.raises(ConfigurationError):
+        RedisStore.from_url("memcached://127.0.0.1:11211")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:s3cret@127.0.0.1:6390/2", "redis://user:***@127.0.0.1:6390/2"),
+        ("rediss://:s3cret@cache.example:6380/0", "rediss://:***@cache.example:6380/0"),
+        ("unix:///run/redis.sock?db=1", "unix:///run/redis.sock?db=1"),
+    ],
+)
+def test_repr_shows_the_target_without_the_password(url: str, shown: str) -> None:
+    store = RedisStore.from_url(url, prefix="p")
+    try:
+        assert repr(store) == f"<RedisStore {shown} prefix='p'>"
+        assert "s3cret" not in repr(store)
+    finally:
+        store.close()
+
+
+# -- waiting -----------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_an_idle_wait_for_work_blocks(real_store: RedisStore) -> None:
+    started = time.monotonic()
+    real_store.wait_for_work(0.3)
+    assert 0.2 <= time.monotonic() - started < 5
+
+
+@pytest.mark.redis
+def test_wait_for_work_sleeps_only_until_the_next_due_job(
+    real_store: RedisStore,
+) -> None:
+    submit(real_store, now=time.time() + 0.3)
+    real_store.wait_for_work(5)  # takes the submission's wake-up token
+    assert real_store.claim("w", limit=1, lease=LEASE, now=time.time()) == []
+    started = time.monotonic()
+    real_store.wait_for_work(5)
+    assert time.monotonic() - started < 2.5
+    assert len(real_store.claim("w", limit=1, lease=LEASE, now=time.time())) == 1
+
+
+@pytest.mark.redis
+def test_close_wakes_a_blocked_waiter_and_keeps_the_callers_client(
+    real_client: redis.Redis,
+) -> None:
+    store = RedisStore(real_client, prefix="closing")
+    errors: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            store.wait_for_work(20)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    store.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 3
+    assert errors == []
+    assert real_client.ping()
+
+
+# -- encoding ----------------------------------------------------------------------
+
+
+def test_a_decode_responses_client_works() -> None:
+    client = fakeredis.FakeRedis(decode_responses=True)
+    store = RedisStore(client, prefix="text")
+    try:
+        key = Idempotency(key="k", fingerprint="f", ttl=60)
+        job = make_job(payload={"é": [1, 2.5]}, headers={"x-a": "b"})
+        stored = store.submit(job, max_queue_size=0, idempotency=key, now=NOW)
+        assert store.get(job.id, now=NOW) == stored
+        assert store.find_idempotent(key, now=NOW) == stored
+        with pytest.raises(IdempotencyConflictError):
+            store.find_idempotent(
+                Idempotency(key="k", fingerprint="g", ttl=60), now=NOW
+            )
+        (claim,) = store.claim("w", limit=1, lease=LEASE, now=NOW)
+        assert claim.job.payload == {"é": [1, 2.5]}
+        assert store.complete(claim, ["done"], ttl=TTL, now=NOW)
+        done = store.get(job.id, now=NOW)
+        assert done is not None
+        assert done.result == ["done"]
+    finally:
+        store.close()
+        client.close()
+
+
+def test_claim_drops_ids_whose_job_is_gone() -> None:
+    client = fakeredis.FakeRedis()
+    store = RedisStore(client, prefix="gone")
+    try:
+        lost = submit(store)
+        kept = submit(store, now=NOW + 1)
+        client.delete(f"{{gone}}:job:{lost}")
+        claims = store.claim("w", limit=2, lease=LEASE, now=NOW + 1)
+        assert [c.job_id for c in claims] == [kept]
+        assert client.zcard("{gone}:ready") == 0
+        assert store.queue_size() == 0
+    finally:
+        store.close()
+        client.close()
+
+
+def test_tokens_of_one_claim_are_unique() -> None:
+    client = fakeredis.FakeRedis()
+    store = RedisStore(client, prefix="tok")
+    try:
+        for _ in range(5):
+            submit(store)
+        claims = store.claim("w", limit=5, lease=LEASE, now=NOW)
+        recovered = store.recover_expired("s", limit=5, lease=LEASE, now=NOW + 31)
+        tokens = [c.token for c in claims + recovered]
+        assert len(set(tokens)) == 10
+    finally:
+        store.close()
+        client.close()

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -56,9 +56,14 @@ class Worker:
         self._slot_free = threading.Condition(self._lock)
         self._runs: dict[UUID, _Run] = {}
         self._stopping = threading.Event()
-        self._pool = ThreadPoolExecutor(
-            max_workers=self._concurrency, thread_name_prefix=name
-        )
+        # Daemon threads, not a ThreadPoolExecutor: the interpreter joins an
+        # executor's threads at exit, so one stuck handler would keep a gunicorn
+        # worker (or the CLI worker) alive past its shutdown grace period.
+        self._queue: queue.SimpleQueue[_Run | None] = queue.SimpleQueue()
+        self._handler_threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{n}", daemon=True)
+            for n in range(1, self._concurrency + 1)
+        ]
         self._threads = [
             threading.Thread(
                 target=self._dispatch, name=f"{name}-dispatcher", daemon=True
@@ -87,7 +92,7 @@ class Worker:
         if self._started:
             return
         self._started = True
-        for thread in self._threads:
+        for thread in [*self._handler_threads, *self._threads]:
             thread.start()
         logger.info(
             "async-endpoints worker %s started (%d threads)",
@@ -106,7 +111,6 @@ class Worker:
             grace = self.manager.settings.shutdown_grace_seconds
         self._stopping.set()
         if not self._started:
-            self._pool.shutdown(wait=False)
             return
         deadline = time.monotonic() + grace
         with self._lock:
@@ -133,7 +137,8 @@ class Worker:
         housekeeping = self._threads[1]
         if housekeeping is not threading.current_thread():
             housekeeping.join(timeout=5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self._handler_threads:
+            self._queue.put(None)
 
     # -- threads -----------------------------------------------------------------
 
@@ -168,16 +173,21 @@ class Worker:
                     # Stopped between claim and start: hand them back.
                     self._release_quietly(claims)
                     break
-                for claim in claims:
-                    self._runs[claim.job_id] = _Run(claim=claim)
-            for claim in claims:
-                self._pool.submit(self._execute, self._runs[claim.job_id])
+                runs = [_Run(claim=claim) for claim in claims]
+                for run in runs:
+                    self._runs[run.claim.job_id] = run
+            for run in runs:
+                self._queue.put(run)
 
     def _release_quietly(self, claims: list[Claim]) -> None:
         try:
             self.manager.release(claims)
         except Exception:
             logger.exception("could not hand back %d claimed job(s)", len(claims))
+
+    def _serve(self) -> None:
+        while (run := self._queue.get()) is not None:
+            self._execute(run)
 
     def _execute(self, run: _Run) -> None:
         try:

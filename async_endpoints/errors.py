@@ -9,6 +9,7 @@ table. The tree::
     ├── JobFinishedError                      cancel of an ended job           -> 409
     ├── QueueFullError                        .retry_after seconds             -> 429
     ├── InvalidRequestError(ValueError)       body not JSON                    -> 400
+    │   ├── InvalidParameterError             malformed query parameter        -> 400
     │   ├── UnsupportedMediaTypeError         body not in a JSON type          -> 415
     │   ├── ValidationError                   body does not fit the model      -> 422
     │   └── IdempotencyConflictError          same key, another request        -> 422
@@ -54,6 +55,10 @@ class QueueFullError(AsyncEndpointsError):
 
 class InvalidRequestError(AsyncEndpointsError, ValueError):
     """The submitted request cannot become a job (malformed JSON body)."""
+
+
+class InvalidParameterError(InvalidRequestError):
+    """A query parameter has a value the endpoint cannot use (e.g. ``?wait=soon``)."""
 
 
 class UnsupportedMediaTypeError(InvalidRequestError):

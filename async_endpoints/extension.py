@@ -331,7 +331,7 @@ class AsyncEndpoints:
         """
         parsed = _parse_id(job_id)
         if parsed is None:
-            raise JobNotFoundError(f"No job with id {job_id!r}.")
+            raise JobNotFoundError(f"No job with id '{job_id}'.")
         return self._state().manager.cancel(parsed)
 
     def run_due_jobs(self) -> int:

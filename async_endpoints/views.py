@@ -23,6 +23,7 @@ from async_endpoints.context import AsyncContext, Headers
 from async_endpoints.errors import (
     AsyncEndpointsError,
     IdempotencyConflictError,
+    InvalidParameterError,
     InvalidRequestError,
     JobFinishedError,
     JobNotFoundError,
@@ -48,6 +49,7 @@ ERROR_MAP: Final[list[tuple[type[Exception], int, str, float | None]]] = [
     (UnsupportedMediaTypeError, 415, "Unsupported media type", None),
     (ValidationError, 422, "Invalid request body", None),
     (IdempotencyConflictError, 422, "Idempotency key reused", None),
+    (InvalidParameterError, 400, "Invalid query parameter", None),
     (InvalidRequestError, 400, "Malformed request body", None),
     (StoreUnavailableError, 503, "Job store unavailable", 5.0),
 ]
@@ -233,10 +235,10 @@ def _job_or_404(ext: AsyncEndpoints, state: _AppState, job_id: str) -> Job:
     try:
         parsed = uuid.UUID(job_id)
     except ValueError:
-        raise JobNotFoundError(f"No job with id {job_id!r}.") from None
+        raise JobNotFoundError(f"No job with id '{job_id}'.") from None
     job = state.manager.get(parsed)
     if job is None or (job.owner is not None and job.owner != ext._current_owner()):
-        raise JobNotFoundError(f"No job with id {job_id}.")
+        raise JobNotFoundError(f"No job with id '{job_id}'.")
     return job
 
 
@@ -252,7 +254,7 @@ def job_view(ext: AsyncEndpoints) -> Callable[..., ResponseReturnValue]:
         elif "wait" in request.args:
             raw = request.args["wait"]
             if not raw.isdigit():
-                raise InvalidRequestError(
+                raise InvalidParameterError(
                     f"wait={raw!r} is not a whole number of seconds."
                 )
             wait = min(int(raw), state.settings.max_wait_seconds)

@@ -39,10 +39,11 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server this test session started on a loopback port."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *extra: str) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="ae-redis-")
         self.binary = binary
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -50,19 +51,12 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        persistence = [] if "--appendonly" in self.extra else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
             [
                 self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
+                *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--dir", self.dir, *persistence, *self.extra),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -83,20 +77,28 @@ class RedisServer:
             self.proc.wait(timeout=10)
             self.proc = None
 
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A real redis-server on 127.0.0.1; skips when absent, unless ``CI`` is set."""
+
+def redis_binary() -> str:
+    """The redis-server binary; skips the test when absent, unless ``CI`` is set."""
     binary = shutil.which("redis-server")
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is not installed; .ci/run should install it")
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(binary)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1; skips when absent, unless ``CI`` is set."""
+    server = RedisServer(redis_binary())
     server.start()
     yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
+    server.remove()
 
 
 @pytest.fixture

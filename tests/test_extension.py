@@ -322,3 +322,4 @@ def test_get_with_malformed_wait_is_400(app: Flask, ae: AsyncEndpoints) -> None:
     response = client.get(f"{location}?wait=soon")
     assert response.status_code == 400
     assert response.mimetype == "application/problem+json"
+    assert response.get_json()["title"] == "Invalid query parameter"

@@ -293,7 +293,7 @@ class MemoryStore:
             self._purge(now)
             job = self._jobs.get(job_id)
             if job is None:
-                raise JobNotFoundError(f"No job with id {job_id}.")
+                raise JobNotFoundError(f"No job with id '{job_id}'.")
             if job.status is JobStatus.CANCELED:
                 return job
             if job.status.is_finished:

@@ -615,7 +615,7 @@ class RedisStore:
         reply = _list(self._call("cancel", keys, args))
         code = _int(reply[0])
         if code == -1:
-            raise JobNotFoundError(f"No job with id {job_id}.")
+            raise JobNotFoundError(f"No job with id '{job_id}'.")
         if code == -2:
             raise JobFinishedError(
                 f"Job {job_id} has already ended ({_str(reply[1])})."

@@ -1,0 +1,339 @@
+"""Real gunicorn, real redis-server, real signals: deployment and recovery.
+
+Every server binds to 127.0.0.1, is started here and stopped by pid; every wait
+has a deadline.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+
+from async_endpoints import AsyncEndpoints, Job, JobStatus
+from tests.conftest import RedisServer, free_port, redis_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.redis, pytest.mark.gunicorn, pytest.mark.slow]
+
+
+def deadline_wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Gunicorn:
+    """One gunicorn master serving ``tests.integration.worker_app:app``."""
+
+    def __init__(self, tmp: Path, env: dict[str, str], *, preload: bool) -> None:
+        self.port = free_port()
+        self.log = tmp / f"gunicorn-{self.port}.log"
+        self.conf = tmp / f"gunicorn-{self.port}.conf.py"
+        self.conf.write_text(
+            "from async_endpoints.gunicorn import post_fork, worker_exit\n"
+            f"bind = '127.0.0.1:{self.port}'\n"
+            "workers = 2\n"
+            "worker_class = 'gthread'\n"
+            "threads = 4\n"
+            f"preload_app = {preload}\n"
+            "graceful_timeout = 10\n"
+            "timeout = 30\n"
+        )
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "-c",
+                    str(self.conf),
+                    "tests.integration.worker_app:app",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline_wait(
+            lambda: len(self.worker_pids()) == 2 and self._answers(), 30, "gunicorn"
+        )
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        assert self.proc.poll() is None, self.log.read_text()
+        try:
+            status, _ = self.request("GET", "/jobs/not-a-job")
+        except OSError:
+            return False
+        return status == 404
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the master's live children (its workers)."""
+        assert self.proc is not None
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def request(self, method: str, path: str, body: object = None) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            data = json.dumps(body) if body is not None else None
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read() or b"{}")
+        finally:
+            conn.close()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> float:
+        """Signal the master and wait for it to exit; return how long it took."""
+        if self.proc is None:
+            return 0.0
+        began = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+        return time.monotonic() - began
+
+
+@pytest.fixture
+def redis_server_aof(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone, persisting every write (restartable)."""
+    server = RedisServer(
+        redis_binary(), "--appendonly", "yes", "--appendfsync", "always"
+    )
+    server.start()
+    yield server
+    server.remove()
+
+
+def make_env(redis_url: str, **config: object) -> dict[str, str]:
+    env = dict(os.environ)
+    env["AE_TEST_REDIS_URL"] = redis_url
+    for key, value in config.items():
+        if key.startswith("AE_"):
+            env[key] = str(value)
+        else:
+            env[f"ASYNC_ENDPOINTS_{key}"] = json.dumps(value)
+    return env
+
+
+def observer(redis_url: str) -> tuple[Flask, AsyncEndpoints]:
+    """An app of this process that reads the same store and runs nothing."""
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_STORE_URL=redis_url,
+        ASYNC_ENDPOINTS_KEY_PREFIX="itest",
+        ASYNC_ENDPOINTS_START_WORKER=False,
+        ASYNC_ENDPOINTS_MAX_QUEUE_SIZE=0,
+    )
+    ae = AsyncEndpoints(app)
+
+    @ae.post("/count", name="Count")
+    def count(ctx: object) -> None:
+        raise AssertionError("the observer never runs jobs")
+
+    return app, ae
+
+
+def jobs_of(app: Flask, ae: AsyncEndpoints, ids: list[str]) -> list[Job | None]:
+    with app.app_context():
+        return [ae.get_job(i) for i in ids]
+
+
+def all_finished(app: Flask, ae: AsyncEndpoints, ids: list[str]) -> bool:
+    return all(j is not None and j.status.is_finished for j in jobs_of(app, ae, ids))
+
+
+def runs(redis_url: str) -> dict[str, int]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return {k: int(v) for k, v in client.hgetall("itest-runs").items()}
+    finally:
+        client.close()
+
+
+def post_jobs(server: Gunicorn, count: int) -> list[str]:
+    ids = []
+    for n in range(count):
+        status, body = server.request("POST", "/count", {"n": n})
+        assert status == 202, body
+        ids.append(body["id"])
+    return ids
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+def test_end_to_end_over_http(
+    redis_server: RedisServer, tmp_path: Path, preload: bool
+) -> None:
+    redis.Redis.from_url(redis_server.url).flushdb()
+    server = Gunicorn(tmp_path, make_env(redis_server.url), preload=preload)
+    server.start()
+    try:
+        ids = post_jobs(server, 300)
+        app, ae = observer(redis_server.url)
+        deadline_wait(lambda: all_finished(app, ae, ids), 60, "300 jobs to finish")
+        for n, job in enumerate(jobs_of(app, ae, ids)):
+            assert job is not None
+            assert job.status is JobStatus.COMPLETED
+            assert isinstance(job.result, dict)
+            assert job.result["n"] == 2 * n
+        pids = {job.result["pid"] for job in jobs_of(app, ae, ids)}  # type: ignore[index,union-attr]
+        assert pids <= set(server.worker_pids())
+        status, body = server.request("GET", f"/jobs/{ids[0]}")
+        assert status == 200
+        assert body["status"] == "Completed"
+    finally:
+        assert server.stop() < 15
+    assert set(runs(redis_server.url).values()) == {1}
+
+
+def test_jobs_survive_killed_workers(redis_server: RedisServer, tmp_path: Path) -> None:
+    """SIGKILL a worker mid-run, three times: every job still ends Completed, and
+    only jobs that were in flight at a kill ran twice."""
+    url = redis_server.url
+    redis.Redis.from_url(url).flushdb()
+    env = make_env(
+        url,
+        AE_TEST_JOB_SECONDS=0.1,
+        CLAIM_TIMEOUT_SECONDS=2,
+        SWEEP_INTERVAL_SECONDS=0.5,
+        MAX_RETRIES=10,
+        MAX_CONCURRENCY=4,
+    )
+    server = Gunicorn(tmp_path, env, preload=True)
+    server.start()
+    client = redis.Redis.from_url(url, decode_responses=True)
+    in_flight: set[str] = set()
+    try:
+        ids = post_jobs(server, 150)
+        app, ae = observer(url)
+        for _ in range(3):
+            deadline_wait(
+                lambda: client.zcard("{itest}:claimed") > 0, 20, "a running job"
+            )
+            victim = server.worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            # What the victim held stays claimed until its lease expires.
+            in_flight |= set(client.zrange("{itest}:claimed", 0, -1))
+            deadline_wait(
+                lambda v=victim: (
+                    len(server.worker_pids()) == 2 and v not in server.worker_pids()
+                ),
+                30,
+                "gunicorn to respawn the worker",
+            )
+        deadline_wait(lambda: all_finished(app, ae, ids), 120, "every job to finish")
+        jobs = jobs_of(app, ae, ids)
+    finally:
+        server.stop()
+        client.close()
+    assert [j.status for j in jobs if j] == [JobStatus.COMPLETED] * len(ids)
+    counted = runs(url)
+    assert set(counted) == set(ids)
+    twice = {job_id for job_id, n in counted.items() if n > 1}
+    assert twice <= in_flight, "a job that was not running at a kill ran twice"
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+def test_graceful_stop_hands_jobs_back(
+    redis_server: RedisServer, tmp_path: Path, preload: bool
+) -> None:
+    """SIGTERM with jobs longer than the grace: they are handed back at once (the
+    lease is far longer than the test), and the next gunicorn finishes them."""
+    url = redis_server.url
+    redis.Redis.from_url(url).flushdb()
+    env = make_env(
+        url,
+        AE_TEST_JOB_SECONDS=3,
+        CLAIM_TIMEOUT_SECONDS=600,
+        SHUTDOWN_GRACE_SECONDS=0.5,
+        MAX_CONCURRENCY=2,
+    )
+    server = Gunicorn(tmp_path, env, preload=preload)
+    server.start()
+    app, ae = observer(url)
+    ids = post_jobs(server, 8)
+    client = redis.Redis.from_url(url)
+    try:
+        deadline_wait(
+            lambda: client.zcard("{itest}:claimed") == 4, 20, "4 running jobs"
+        )
+    finally:
+        client.close()
+    took = server.stop(signal.SIGTERM)
+    assert took < 8, f"graceful stop took {took:.1f}s"
+    after_stop = jobs_of(app, ae, ids)
+    assert all(j is not None and j.status is JobStatus.QUEUED for j in after_stop)
+    assert all(j.retry_count == 0 for j in after_stop if j)  # no attempt counted
+
+    again = Gunicorn(tmp_path, env, preload=preload)
+    again.start()
+    try:
+        deadline_wait(lambda: all_finished(app, ae, ids), 60, "handed-back jobs")
+    finally:
+        again.stop()
+    assert all(
+        j is not None and j.status is JobStatus.COMPLETED for j in jobs_of(app, ae, ids)
+    )
+
+
+def test_workers_survive_a_redis_restart(
+    redis_server_aof: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server_aof.url
+    env = make_env(
+        url,
+        AE_TEST_JOB_SECONDS=0.05,
+        CLAIM_TIMEOUT_SECONDS=3,
+        SWEEP_INTERVAL_SECONDS=0.5,
+        MAX_CONCURRENCY=2,
+        MAX_RETRIES=10,
+    )
+    server = Gunicorn(tmp_path, env, preload=True)
+    server.start()
+    try:
+        ids = post_jobs(server, 100)
+        redis_server_aof.stop()
+        status, body = server.request("POST", "/count", {"n": 0})
+        assert status == 503, body
+        assert body["status"] == 503
+        time.sleep(1)  # an outage of a second, not synchronisation
+        redis_server_aof.start()
+        app, ae = observer(url)
+        deadline_wait(lambda: all_finished(app, ae, ids), 90, "jobs after the restart")
+        jobs = jobs_of(app, ae, ids)
+        assert len(server.worker_pids()) == 2
+        status, _ = server.request("POST", "/count", {"n": 1})
+        assert status == 202
+    finally:
+        server.stop()
+    assert all(j is not None and j.status is JobStatus.COMPLETED for j in jobs)

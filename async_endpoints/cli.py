@@ -32,7 +32,7 @@ def worker_command() -> None:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
-            raise SystemExit(1)  # a second signal: do not wait any longer
+            worker.hurry()  # a second signal: hand running jobs back now
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -41,5 +41,9 @@ def worker_command() -> None:
     click.echo(f"async-endpoints worker {worker.owner} running; Ctrl-C to stop")
     while not stop.wait(1.0):
         pass
-    click.echo("stopping: finishing running jobs, handing back the rest")
+    click.echo(
+        "stopping: running jobs may finish within the grace period, the rest are "
+        "handed back (signal again to hand them back now)"
+    )
     worker.stop()
+    click.echo("stopped")

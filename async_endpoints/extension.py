@@ -137,8 +137,12 @@ class AsyncEndpoints:
         from async_endpoints.cli import cli
 
         app.cli.add_command(cli)
-        if _marked_gunicorn_worker() and settings.start_worker:
-            self._ensure_worker(self._states[app])
+        if _marked_gunicorn_worker():
+            from async_endpoints.gunicorn import warn_if_memory_store
+
+            warn_if_memory_store(store)
+            if settings.start_worker:
+                self._ensure_worker(self._states[app])
 
     def _install(self, app: Flask, spec: HandlerSpec) -> None:
         app.add_url_rule(
@@ -363,7 +367,10 @@ class AsyncEndpoints:
 
     def _start_workers(self) -> None:
         """Start the worker of every app of this extension (after a fork)."""
+        from async_endpoints.gunicorn import warn_if_memory_store
+
         for state in list(self._states.values()):
+            warn_if_memory_store(state.store)
             self._ensure_worker(state)
 
     def _current_state(self) -> _AppState | None:

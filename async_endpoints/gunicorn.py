@@ -9,8 +9,11 @@ gunicorn is not imported here; the hooks only use the ``pid`` of its objects.
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Protocol
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
 
 
 class _Server(Protocol):
@@ -22,11 +25,25 @@ class _GunicornWorker(Protocol):
 
 
 _marked: int | None = None
+_several_workers = False
 
 
 def marked_pid() -> int | None:
     """The pid of the process that :func:`post_fork` ran in, if any."""
     return _marked
+
+
+def warn_if_memory_store(store: object) -> None:
+    """Log once per process that ``memory://`` does not span gunicorn workers."""
+    from async_endpoints.stores.memory import MemoryStore
+
+    if _several_workers and isinstance(store, MemoryStore):
+        logger.warning(
+            "async-endpoints uses memory:// under gunicorn with several workers: "
+            "each worker process has its own jobs, so a status request that lands "
+            "on another worker answers 404. Set ASYNC_ENDPOINTS_STORE_URL to a "
+            "redis:// URL."
+        )
 
 
 def post_fork(server: _Server, worker: _GunicornWorker) -> None:
@@ -38,8 +55,10 @@ def post_fork(server: _Server, worker: _GunicornWorker) -> None:
     runs before the first request, so a process that gets no HTTP traffic still
     runs due jobs.
     """
-    global _marked
+    global _marked, _several_workers
     _marked = os.getpid()
+    cfg: Any = getattr(server, "cfg", None)
+    _several_workers = int(getattr(cfg, "workers", 1) or 1) > 1
     from async_endpoints.extension import _INSTANCES
 
     for ext in list(_INSTANCES):

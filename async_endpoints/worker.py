@@ -56,6 +56,7 @@ class Worker:
         self._slot_free = threading.Condition(self._lock)
         self._runs: dict[UUID, _Run] = {}
         self._stopping = threading.Event()
+        self._hurry = threading.Event()
         # Daemon threads, not a ThreadPoolExecutor: the interpreter joins an
         # executor's threads at exit, so one stuck handler would keep a gunicorn
         # worker (or the CLI worker) alive past its shutdown grace period.
@@ -114,8 +115,11 @@ class Worker:
             return
         deadline = time.monotonic() + grace
         with self._lock:
-            while self._runs and time.monotonic() < deadline:
-                self._slot_free.wait(max(0.0, deadline - time.monotonic()))
+            while (
+                self._runs and time.monotonic() < deadline and not self._hurry.is_set()
+            ):
+                # Short slices, so that hurry() (e.g. from a signal handler) is seen.
+                self._slot_free.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             leftover = [run.claim for run in self._runs.values()]
             for run in self._runs.values():
                 run.cancelled.set()
@@ -139,6 +143,11 @@ class Worker:
             housekeeping.join(timeout=5)
         for _ in self._handler_threads:
             self._queue.put(None)
+
+    def hurry(self) -> None:
+        """Cut short the grace period of a :meth:`stop` under way (safe to call
+        from a signal handler): unfinished jobs are handed back at once."""
+        self._hurry.set()
 
     # -- threads -----------------------------------------------------------------
 

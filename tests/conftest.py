@@ -113,14 +113,41 @@ def app() -> Flask:
 
 
 @pytest.fixture
-def ae(app: Flask) -> Iterator[AsyncEndpoints]:
-    """The extension, initialised on ``app``."""
+def store_kind() -> str:
+    """Which store ``ae`` uses; test modules override it to run on every store."""
+    return "memory"
+
+
+@pytest.fixture
+def ae(
+    app: Flask, store_kind: str, request: pytest.FixtureRequest
+) -> Iterator[AsyncEndpoints]:
+    """The extension, initialised on ``app`` with the store ``store_kind`` names."""
     from async_endpoints import AsyncEndpoints
 
-    ext = AsyncEndpoints(app)
+    store = None
+    client = None
+    if store_kind == "fakeredis":
+        import fakeredis
+
+        from async_endpoints.stores.redis import RedisStore
+
+        store = RedisStore(fakeredis.FakeRedis(), prefix="ext")
+    elif store_kind == "redis":
+        import redis
+
+        from async_endpoints.stores.redis import RedisStore
+
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = redis.Redis.from_url(server.url)
+        client.flushdb()
+        store = RedisStore(client, prefix="ext")
+    ext = AsyncEndpoints(app, store=store)
     yield ext
     with app.app_context():
         ext.shutdown()
+    if client is not None:
+        client.close()
 
 
 @pytest.fixture

@@ -18,9 +18,20 @@ class FakeWorker:
     pid: int
 
 
+@dataclass
+class FakeConfig:
+    workers: int
+
+
+@dataclass
+class FakeServer:
+    cfg: FakeConfig
+
+
 @pytest.fixture(autouse=True)
 def _unmark(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hooks, "_marked", None)
+    monkeypatch.setattr(hooks, "_several_workers", False)
 
 
 def live_app() -> tuple[Flask, AsyncEndpoints]:
@@ -74,5 +85,21 @@ def test_worker_exit_in_the_master_does_nothing() -> None:
             worker = ae._state().worker
             assert worker is not None
             assert worker.running
+    finally:
+        hooks.worker_exit(object(), FakeWorker(pid=os.getpid()))
+
+
+def test_memory_store_under_several_workers_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _app, _ae = live_app()  # kept alive: the hooks find it through a WeakSet
+    try:
+        with caplog.at_level("WARNING", logger="async_endpoints.gunicorn"):
+            hooks.post_fork(FakeServer(FakeConfig(workers=2)), FakeWorker(os.getpid()))
+        assert "memory://" in caplog.text
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="async_endpoints.gunicorn"):
+            hooks.post_fork(FakeServer(FakeConfig(workers=1)), FakeWorker(os.getpid()))
+        assert "memory://" not in caplog.text
     finally:
         hooks.worker_exit(object(), FakeWorker(pid=os.getpid()))

@@ -12,6 +12,14 @@ from flask.testing import FlaskClient
 
 from async_endpoints import AsyncContext, AsyncEndpoints, JobStatus
 
+
+@pytest.fixture(params=["memory", "fakeredis", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Run each test that uses ``ae`` on every store."""
+    kind: str = request.param
+    return kind
+
+
 JOB_KEYS = {
     "id",
     "name",
@@ -364,3 +372,28 @@ def test_every_method_decorator(app: Flask, ae: AsyncEndpoints, method: str) -> 
         job = ae.get_job(response.get_json()["id"])
     assert job is not None
     assert job.status is JobStatus.COMPLETED
+
+
+def test_store_outage_is_503_with_retry_after() -> None:
+    from tests.conftest import free_port
+
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_START_WORKER=False,
+        ASYNC_ENDPOINTS_STORE_URL=f"redis://127.0.0.1:{free_port()}/0",  # nobody there
+    )
+    ae = AsyncEndpoints(app)
+
+    @ae.post("/work", name="Work")
+    def work(ctx: AsyncContext) -> None:
+        return None
+
+    client = app.test_client()
+    for response in (
+        client.post("/work", json={"a": 1}),
+        client.get(f"/jobs/{uuid.uuid4()}"),
+        client.delete(f"/jobs/{uuid.uuid4()}"),
+    ):
+        body = assert_problem(response, 503)
+        assert "ASYNC_ENDPOINTS_STORE_URL" in str(body["detail"])
+        assert response.headers["Retry-After"].isdigit()

@@ -11,6 +11,14 @@ from freezegun.api import FrozenDateTimeFactory
 
 from async_endpoints import AsyncContext, AsyncEndpoints, JobStatus
 
+
+@pytest.fixture(params=["memory", "fakeredis", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Run each test that uses ``ae`` on every store."""
+    kind: str = request.param
+    return kind
+
+
 START = "2026-01-01T00:00:00Z"
 
 

@@ -38,7 +38,14 @@ def deadline_wait(predicate: Callable[[], bool], timeout: float, what: str) -> N
 class Gunicorn:
     """One gunicorn master serving ``tests.integration.worker_app:app``."""
 
-    def __init__(self, tmp: Path, env: dict[str, str], *, preload: bool) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        env: dict[str, str],
+        *,
+        preload: bool,
+        worker_class: str = "gthread",
+    ) -> None:
         self.port = free_port()
         self.log = tmp / f"gunicorn-{self.port}.log"
         self.conf = tmp / f"gunicorn-{self.port}.conf.py"
@@ -46,7 +53,7 @@ class Gunicorn:
             "from async_endpoints.gunicorn import post_fork, worker_exit\n"
             f"bind = '127.0.0.1:{self.port}'\n"
             "workers = 2\n"
-            "worker_class = 'gthread'\n"
+            f"worker_class = {worker_class!r}\n"
             "threads = 4\n"
             f"preload_app = {preload}\n"
             "graceful_timeout = 10\n"
@@ -190,12 +197,18 @@ def post_jobs(server: Gunicorn, count: int) -> list[str]:
     return ids
 
 
-@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+@pytest.mark.parametrize(
+    ("preload", "worker_class"),
+    [(True, "gthread"), (False, "gthread"), (True, "sync")],
+    ids=["gthread-preload", "gthread-no-preload", "sync-preload"],
+)
 def test_end_to_end_over_http(
-    redis_server: RedisServer, tmp_path: Path, preload: bool
+    redis_server: RedisServer, tmp_path: Path, preload: bool, worker_class: str
 ) -> None:
     redis.Redis.from_url(redis_server.url).flushdb()
-    server = Gunicorn(tmp_path, make_env(redis_server.url), preload=preload)
+    server = Gunicorn(
+        tmp_path, make_env(redis_server.url), preload=preload, worker_class=worker_class
+    )
     server.start()
     try:
         ids = post_jobs(server, 300)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -117,3 +118,58 @@ def test_processes_drain_a_shared_queue_exactly_once(
     assert len(set(pids.values())) == PROCESSES, json.dumps(
         {p: list(pids.values()).count(p) for p in set(pids.values())}
     )
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["sigterm", "sigterm-twice"])
+def test_cli_worker_hands_jobs_back_on_sigterm(
+    redis_url: str, tmp_path: Path, signals: int
+) -> None:
+    """One SIGTERM waits out the grace period, a second cuts it short; either
+    way the running jobs are handed back at once, without counting an attempt."""
+    env = dict(os.environ)
+    env.update(
+        AE_TEST_REDIS_URL=redis_url,
+        AE_TEST_JOB_SECONDS="30",
+        ASYNC_ENDPOINTS_MAX_CONCURRENCY="2",
+        ASYNC_ENDPOINTS_CLAIM_TIMEOUT_SECONDS="600",
+        ASYNC_ENDPOINTS_SHUTDOWN_GRACE_SECONDS="2" if signals == 1 else "60",
+    )
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_STORE_URL=redis_url,
+        ASYNC_ENDPOINTS_KEY_PREFIX="itest",
+        ASYNC_ENDPOINTS_START_WORKER=False,
+    )
+    ae = AsyncEndpoints(app)
+
+    @ae.post("/count", name="Count")
+    def count(ctx: object) -> None:
+        raise AssertionError("the submitting process must not run jobs")
+
+    with app.app_context():
+        ids = [ae.submit("Count", {"n": n}).id for n in range(3)]
+    log = tmp_path / "worker.log"
+    proc = start_worker(env, log)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 30
+        while client.hlen("itest-runs") < 2:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        if signals == 2:
+            time.sleep(0.5)  # let the first signal start the graceful stop
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, log.read_text()
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        client.close()
+    assert took < (8 if signals == 1 else 5), f"stop took {took:.1f}s"
+    with app.app_context():
+        jobs = [ae.get_job(i) for i in ids]
+    assert all(j is not None and j.status is JobStatus.QUEUED for j in jobs)
+    assert all(j.retry_count == 0 for j in jobs if j)

@@ -24,6 +24,7 @@ from async_endpoints.manager import (
     process_owner,
 )
 from async_endpoints.settings import DEFAULTS, PREFIX, Settings
+from async_endpoints.signals import SIGNALS
 from async_endpoints.stores import JobStore, open_store
 from async_endpoints.views import job_view, submit_view
 from async_endpoints.worker import Worker
@@ -119,7 +120,12 @@ class AsyncEndpoints:
                 raise RuntimeError("the Flask app of this job no longer exists")
             return bound.app_context()
 
-        manager = JobManager(store, settings, self._handlers, app_context)
+        def on_event(event: str, job: Job, **details: Any) -> None:
+            bound = app_ref()
+            if bound is not None:
+                SIGNALS[event].send(bound, job=job, **details)
+
+        manager = JobManager(store, settings, self._handlers, app_context, on_event)
         self._states[app] = _AppState(settings=settings, store=store, manager=manager)
         app.extensions["async_endpoints"] = self
         _INSTANCES.add(self)
@@ -362,6 +368,19 @@ class AsyncEndpoints:
                 worker, state.worker = state.worker, None
             if worker is not None and worker.pid == os.getpid():
                 worker.stop(grace)
+
+    def openapi(self, *, title: str = "Jobs API") -> dict[str, Any]:
+        """An OpenAPI 3.1 document of this app's handlers and job endpoints.
+
+        Serve it as JSON, e.g. ``app.get("/openapi.json")(ae.openapi)`` or from
+        your own view (needs an app context).
+        """
+        from async_endpoints.openapi import build_openapi
+
+        state = self._state()
+        return build_openapi(
+            self._handlers.values(), jobs_url=state.settings.jobs_url, title=title
+        )
 
     # -- internals -------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from async_endpoints.jobs import (
     JSONValue,
     Progress,
 )
+from async_endpoints.log import current_job
 from async_endpoints.models import parse_model, to_json
 from async_endpoints.retry import RetryPolicy
 from async_endpoints.settings import Settings
@@ -48,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[AsyncContext], object]
 Validator = Callable[[AsyncContext], object]
+EventHook = Callable[..., None]
+"""``hook(event, job, **details)``: told of "submitted", "started", "succeeded",
+"retrying" and "failed" (see :mod:`async_endpoints.signals`)."""
 
 _BATCH = 1 << 30  # "every due job" for run_due_jobs
 
@@ -96,11 +100,13 @@ class JobManager:
         settings: Settings,
         handlers: Mapping[str, HandlerSpec],
         app_context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+        on_event: EventHook | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.handlers = handlers
         self._app_context = app_context
+        self._on_event = on_event
         self._policies: dict[tuple[str, int], RetryPolicy] = {}
         self._running: dict[UUID, threading.Event] = {}
         self._running_lock = threading.Lock()
@@ -180,6 +186,7 @@ class JobManager:
         )
         if stored.id == job.id:
             logger.debug("job %s (%s) queued", job.id, name)
+            self._emit("submitted", stored)
         return stored
 
     def find_idempotent(
@@ -298,30 +305,34 @@ class JobManager:
         with self._running_lock:
             self._running[job.id] = event
         started = time.time()
+        token = current_job.set(job)
+        self._emit("started", job, attempt=job.attempt)
         try:
             try:
                 value = self._call(claim, event)
                 result = to_json(value, max_bytes=self.settings.max_result_bytes)
             except BaseException as exc:
-                self.fail(claim, exc, log=log)
+                self.fail(claim, exc, log=log, started=started)
                 if isinstance(exc, KeyboardInterrupt) and (
                     threading.current_thread() is threading.main_thread()
                 ):
                     raise
                 return
             if time.time() - started > self.settings.job_timeout_seconds:
-                self.fail(claim, self.timeout_error(), log=log)
+                self.fail(claim, self.timeout_error(), log=log, started=started)
                 return
             now = time.time()
             if self.store.complete(
                 claim, result, ttl=self.settings.result_ttl_seconds, now=now
             ):
                 log.debug("job %s completed", job.id)
+                self._emit("succeeded", job, result=result, duration=now - started)
             else:
                 log.warning(
                     "job %s finished after it lost its claim; result discarded", job.id
                 )
         finally:
+            current_job.reset(token)
             with self._running_lock:
                 if self._running.get(job.id) is event:
                     del self._running[job.id]
@@ -363,6 +374,7 @@ class JobManager:
         exc: BaseException,
         *,
         log: logging.LoggerAdapter[logging.Logger] | None = None,
+        started: float | None = None,
     ) -> bool:
         """Record a failed attempt of ``claim``: retried by the policy, or Failed."""
         job = claim.job
@@ -384,7 +396,11 @@ class JobManager:
             ttl=self.settings.result_ttl_seconds,
             now=now,
         )
-        (log or logger).log(
+        if log is None:
+            log = logging.LoggerAdapter(
+                logger, {"job_id": str(job.id), "job_name": job.name}
+            )
+        log.log(
             logging.WARNING if retry_at is not None else logging.ERROR,
             "job %s (%s) attempt %d failed%s:\n%s",
             job.id,
@@ -392,8 +408,29 @@ class JobManager:
             job.attempt,
             "" if applied else " after losing its claim",
             stack,
+            extra={"job_id": str(job.id), "job_name": job.name}
+            if log is None
+            else None,
         )
+        if applied:
+            duration = now - (started if started is not None else now)
+            if retry_at is not None:
+                self._emit(
+                    "retrying", job, error=error, retry_at=retry_at, duration=duration
+                )
+            else:
+                self._emit("failed", job, error=error, duration=duration)
         return applied
+
+    def _emit(self, event: str, job: Job, **details: Any) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event, job, **details)
+        except Exception:
+            logger.exception(
+                "a receiver of the %r event of job %s failed", event, job.id
+            )
 
     def recover_expired(self, owner: str, *, limit: int = 100) -> int:
         """Fail the jobs whose lease expired (their process died); return how many."""

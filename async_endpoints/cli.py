@@ -1,16 +1,76 @@
-"""The ``flask async-endpoints`` command group."""
+"""The ``flask async-endpoints`` command group: run a worker, manage jobs."""
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import threading
-from types import FrameType
+import time
+from typing import TYPE_CHECKING
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from async_endpoints.errors import AsyncEndpointsError
+from async_endpoints.jobs import Job, JobStatus, format_timestamp
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from async_endpoints.manager import JobManager
+
 cli = AppGroup("async-endpoints", help="Run and inspect asynchronous jobs.")
+
+_STATUS = click.Choice([s.value for s in JobStatus], case_sensitive=False)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _manager() -> JobManager:
+    from async_endpoints.extension import AsyncEndpoints
+
+    ext = current_app.extensions.get("async_endpoints")
+    if not isinstance(ext, AsyncEndpoints):
+        raise click.ClickException("This app has no AsyncEndpoints extension.")
+    return ext._state().manager
+
+
+def _status(value: str) -> JobStatus:
+    return next(s for s in JobStatus if s.value.lower() == value.lower())
+
+
+def _job_id(value: str) -> Job:
+    import uuid
+
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise click.ClickException(f"{value!r} is not a job id.") from None
+    job = _manager().get(parsed)
+    if job is None:
+        raise click.ClickException(f"No job with id '{value}'.")
+    return job
+
+
+def _seconds(value: str) -> float:
+    match = _DURATION.match(value)
+    if match is None:
+        raise click.BadParameter(
+            f"{value!r} is not a duration like 90s, 15m, 12h or 1d"
+        )
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def _age(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    seconds = max(0.0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
 
 
 @cli.command("worker")
@@ -18,21 +78,17 @@ def worker_command() -> None:
     """Run only the job worker in this process, until SIGTERM or Ctrl-C.
 
     On the signal it stops claiming, lets running jobs finish within
-    ASYNC_ENDPOINTS_SHUTDOWN_GRACE_SECONDS and hands the rest back to the queue.
+    ASYNC_ENDPOINTS_SHUTDOWN_GRACE_SECONDS and hands the rest back to the queue;
+    a second signal hands them back at once.
     """
-    from async_endpoints.extension import AsyncEndpoints
     from async_endpoints.worker import Worker
 
-    ext = current_app.extensions.get("async_endpoints")
-    if not isinstance(ext, AsyncEndpoints):
-        raise click.ClickException("This app has no AsyncEndpoints extension.")
-    state = ext._state()
-    worker = Worker(state.manager)
+    worker = Worker(_manager())
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
-            worker.hurry()  # a second signal: hand running jobs back now
+            worker.hurry()
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -47,3 +103,92 @@ def worker_command() -> None:
     )
     worker.stop()
     click.echo("stopped")
+
+
+@cli.command("jobs")
+@click.option("--status", type=_STATUS, help="Only jobs in this status.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+def jobs_command(status: str | None, limit: int, offset: int) -> None:
+    """List jobs, newest first."""
+    jobs = _manager().list_jobs(
+        _status(status) if status else None, offset=offset, limit=limit
+    )
+    if not jobs:
+        click.echo("no jobs")
+        return
+    click.echo(f"{'ID':36}  {'NAME':20}  {'STATUS':10}  RETRIES  CREATED")
+    for job in jobs:
+        click.echo(
+            f"{job.id!s:36}  {job.name[:20]:20}  {job.status.value:10}  "
+            f"{job.retry_count:>3}/{job.max_retries:<3}  "
+            f"{format_timestamp(job.created_at)}"
+        )
+
+
+@cli.command("show")
+@click.argument("job_id")
+def show_command(job_id: str) -> None:
+    """Print one job as JSON, its stack trace included."""
+    job = _job_id(job_id)
+    body = job.to_dict(expose_traceback=True)
+    click.echo(json.dumps(body, indent=2))
+
+
+@cli.command("retry")
+@click.argument("job_id")
+def retry_command(job_id: str) -> None:
+    """Put a Failed job back in the queue, with its retries reset."""
+    job = _job_id(job_id)
+    try:
+        job = _manager().retry(job.id)
+    except AsyncEndpointsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{job.id} {job.status.value}")
+
+
+@cli.command("cancel")
+@click.argument("job_id")
+def cancel_command(job_id: str) -> None:
+    """Cancel a waiting job, or ask a running one to stop."""
+    job = _job_id(job_id)
+    try:
+        job = _manager().cancel(job.id)
+    except AsyncEndpointsError as exc:
+        raise click.ClickException(str(exc)) from None
+    requested = " (cancellation requested)" if job.cancel_requested else ""
+    click.echo(f"{job.id} {job.status.value}{requested}")
+
+
+@cli.command("stats")
+def stats_command() -> None:
+    """Counts per status, queue depth, oldest waiting job and live workers."""
+    stats = _manager().stats()
+    for status in JobStatus:
+        click.echo(f"{status.value + ':':12} {stats.counts.get(status, 0)}")
+    click.echo(f"{'queue depth:':12} {stats.queue_depth}")
+    click.echo(f"oldest waiting: {_age(stats.oldest_waiting_at)}")
+    click.echo(f"workers alive: {len(stats.workers)}")
+    for owner, seen in sorted(stats.workers.items()):
+        click.echo(f"  {owner}  last heartbeat {_age(seen)} ago")
+
+
+@cli.command("purge")
+@click.option(
+    "--status", type=_STATUS, required=True, help="Completed, Failed or Canceled."
+)
+@click.option(
+    "--older-than",
+    required=True,
+    help="Jobs that ended longer ago than this: 90s, 15m, 12h, 1d.",
+)
+def purge_command(status: str, older_than: str) -> None:
+    """Delete finished jobs of one status that ended long enough ago."""
+    chosen = _status(status)
+    if not chosen.is_finished:
+        raise click.BadParameter(
+            "only Completed, Failed or Canceled jobs can be purged",
+            param_hint="--status",
+        )
+    count = _manager().purge(chosen, _seconds(older_than))
+    click.echo(f"purged {count} {chosen.value} job(s)")

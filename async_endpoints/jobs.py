@@ -170,6 +170,27 @@ class HeartbeatResult:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StoreStats:
+    """A snapshot of a store, for operators.
+
+    :param counts: how many jobs are in each status (finished ones until expiry).
+    :param oldest_waiting_at: when the longest-waiting job became due, or ``None``.
+    :param workers: each live worker's name and its last heartbeat (epoch s).
+    """
+
+    counts: dict[JobStatus, int]
+    oldest_waiting_at: float | None
+    workers: dict[str, float]
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting for a worker (Queued + Scheduled)."""
+        return self.counts.get(JobStatus.QUEUED, 0) + self.counts.get(
+            JobStatus.SCHEDULED, 0
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Idempotency:
     """An idempotency key as the store sees it.
 

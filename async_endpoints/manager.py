@@ -38,6 +38,7 @@ from async_endpoints.jobs import (
     JobStatus,
     JSONValue,
     Progress,
+    StoreStats,
 )
 from async_endpoints.log import current_job
 from async_endpoints.models import parse_model, to_json
@@ -246,6 +247,32 @@ class JobManager:
         if job.status is JobStatus.IN_PROGRESS:
             self.signal_cancel([job_id])
         return job
+
+    def retry(self, job_id: UUID) -> Job:
+        """Put a Failed job back in the queue with its retries reset."""
+        return self.store.retry(job_id, now=time.time())
+
+    def list_jobs(
+        self, status: JobStatus | None = None, *, offset: int = 0, limit: int = 20
+    ) -> list[Job]:
+        """Jobs, newest first (all, or of one status)."""
+        return self.store.list_jobs(
+            status=status, offset=offset, limit=limit, now=time.time()
+        )
+
+    def purge(self, status: JobStatus, older_than: float) -> int:
+        """Delete finished jobs of ``status`` that ended over ``older_than`` s ago."""
+        now = time.time()
+        return self.store.purge(status=status, older_than=now - older_than, now=now)
+
+    def stats(self) -> StoreStats:
+        """Counts per status, the oldest waiting job and the live workers."""
+        return self.store.stats(now=time.time())
+
+    def register_worker(self, owner: str) -> None:
+        """Record that this process's worker is alive (for ``stats``)."""
+        lease = self.settings.claim_timeout_seconds
+        self.store.register_worker(owner, ttl=lease, now=time.time())
 
     def wait_for_end(self, job_id: UUID, timeout: float) -> Job | None:
         """Wait up to ``timeout`` seconds for the job to end; return it as it is."""

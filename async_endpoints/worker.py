@@ -215,15 +215,16 @@ class Worker:
     def _housekeep(self) -> None:
         settings = self.manager.settings
         beat_every = settings.claim_timeout_seconds / 3
-        next_beat = time.monotonic() + beat_every
         next_sweep = time.monotonic() + _jittered(settings.sweep_interval_seconds) / 2
         failures = 0
+        next_beat = time.monotonic()  # register at once, for `stats`
         while not self._stopping.wait(min(0.5, beat_every)):
             now = time.monotonic()
             try:
                 self._expire_timeouts(now)
                 if now >= next_beat:
                     self._beat()
+                    self.manager.register_worker(self.owner)
                     next_beat = now + beat_every
                 if now >= next_sweep:
                     self.manager.recover_expired(self.owner)

@@ -30,6 +30,9 @@ The contract, enforced by ``tests/stores/test_contract.py`` against every backen
 * ``recover_expired`` re-claims, for ``owner`` and under fresh tokens, jobs whose
   lease ended before ``now``; exactly one of several concurrent callers gets each
   one. The caller then fails them through ``fail`` (counted as an attempt).
+* ``retry`` puts a Failed job back as Queued with its retry count reset;
+  ``list_jobs``, ``stats`` and ``purge`` serve operators (they may scan every
+  job); ``register_worker`` records a process's heartbeat for ``stats``.
 * Infrastructure failures raise
   :class:`~async_endpoints.errors.StoreUnavailableError`.
 """
@@ -46,8 +49,10 @@ from async_endpoints.jobs import (
     HeartbeatResult,
     Idempotency,
     Job,
+    JobStatus,
     JSONValue,
     Progress,
+    StoreStats,
 )
 
 
@@ -133,6 +138,32 @@ class JobStore(Protocol):
         self, owner: str, *, limit: int, lease: float, now: float
     ) -> list[Claim]:
         """Re-claim for ``owner`` up to ``limit`` jobs whose lease has expired."""
+        ...
+
+    def retry(self, job_id: UUID, *, now: float) -> Job:
+        """Put a Failed job back in the queue (Queued, due now, retry count 0).
+
+        :raises JobNotFoundError: no such job.
+        :raises JobFinishedError: the job is not Failed.
+        """
+        ...
+
+    def list_jobs(
+        self, *, status: JobStatus | None, offset: int, limit: int, now: float
+    ) -> list[Job]:
+        """Jobs (of one status, or all), newest first, paged."""
+        ...
+
+    def purge(self, *, status: JobStatus, older_than: float, now: float) -> int:
+        """Delete finished jobs of ``status`` that ended before ``older_than``."""
+        ...
+
+    def register_worker(self, owner: str, *, ttl: float, now: float) -> None:
+        """Record that worker ``owner`` is alive; forgotten ``ttl`` s after ``now``."""
+        ...
+
+    def stats(self, *, now: float) -> StoreStats:
+        """Counts per status, the oldest waiting job, the live workers."""
         ...
 
     def queue_size(self) -> int:

@@ -25,6 +25,7 @@ from async_endpoints.jobs import (
     JobStatus,
     JSONValue,
     Progress,
+    StoreStats,
 )
 
 
@@ -55,6 +56,7 @@ class MemoryStore:
         self._expires_at: dict[UUID, float] = {}
         self._idempotency: dict[str, tuple[UUID, str, float]] = {}
         self._seq = 0
+        self._workers: dict[str, float] = {}
         self._waiting = 0
         self._generation = 0
 
@@ -335,6 +337,79 @@ class MemoryStore:
                     continue
                 claims.append(self._lease(job, owner, lease, now))
         return claims
+
+    def retry(self, job_id: UUID, *, now: float) -> Job:
+        """See :meth:`JobStore.retry`."""
+        with self._lock:
+            self._purge(now)
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise JobNotFoundError(f"No job with id '{job_id}'.")
+            if job.status is not JobStatus.FAILED:
+                raise JobFinishedError(
+                    f"Only a Failed job can be retried; job {job_id} is "
+                    f"{job.status.value}."
+                )
+            self._expires_at.pop(job_id, None)
+            queued = dataclasses.replace(
+                job,
+                status=JobStatus.QUEUED,
+                retry_count=0,
+                due_at=now,
+                completed_at=None,
+                last_updated_at=now,
+            )
+            self._put(queued)
+            return queued
+
+    def list_jobs(
+        self, *, status: JobStatus | None, offset: int, limit: int, now: float
+    ) -> list[Job]:
+        """See :meth:`JobStore.list_jobs`."""
+        with self._lock:
+            self._purge(now)
+            jobs = [j for j in self._jobs.values() if status in (None, j.status)]
+        jobs.sort(key=lambda j: (j.created_at, str(j.id)), reverse=True)
+        return jobs[offset : offset + limit]
+
+    def purge(self, *, status: JobStatus, older_than: float, now: float) -> int:
+        """See :meth:`JobStore.purge`."""
+        if not status.is_finished:
+            raise ValueError(f"only finished jobs can be purged, not {status.value}")
+        with self._lock:
+            doomed = [
+                j.id
+                for j in self._jobs.values()
+                if j.status is status
+                and j.completed_at is not None
+                and j.completed_at < older_than
+            ]
+            for job_id in doomed:
+                del self._jobs[job_id]
+                self._expires_at.pop(job_id, None)
+            return len(doomed)
+
+    def register_worker(self, owner: str, *, ttl: float, now: float) -> None:
+        """See :meth:`JobStore.register_worker`."""
+        with self._lock:
+            self._workers[owner] = now
+            for name, seen in list(self._workers.items()):
+                if seen + ttl <= now:
+                    del self._workers[name]
+
+    def stats(self, *, now: float) -> StoreStats:
+        """See :meth:`JobStore.stats`."""
+        with self._lock:
+            self._purge(now)
+            counts = dict.fromkeys(JobStatus, 0)
+            oldest: float | None = None
+            for job in self._jobs.values():
+                counts[job.status] += 1
+                if job.status.is_waiting and job.due_at is not None:
+                    oldest = job.due_at if oldest is None else min(oldest, job.due_at)
+            return StoreStats(
+                counts=counts, oldest_waiting_at=oldest, workers=dict(self._workers)
+            )
 
     def queue_size(self) -> int:
         """See :meth:`JobStore.queue_size`."""

@@ -492,3 +492,69 @@ def test_find_idempotent_sees_the_live_key(store: JobStore) -> None:
     other = Idempotency(key="look", fingerprint="g", ttl=60)
     with pytest.raises(IdempotencyConflictError):
         store.find_idempotent(other, now=NOW + 1)
+
+
+# -- operators: retry, list, purge, stats -------------------------------------------
+
+
+def test_retry_puts_a_failed_job_back(store: JobStore) -> None:
+    job_id = submit(store)
+    store.fail(claim_one(store), BOOM, retry_at=NOW, ttl=TTL, now=NOW)
+    store.fail(claim_one(store), BOOM, retry_at=None, ttl=TTL, now=NOW + 1)
+    again = store.retry(job_id, now=NOW + 2)
+    assert again.status is JobStatus.QUEUED
+    assert again.retry_count == 0
+    assert again.completed_at is None
+    assert store.queue_size() == 1
+    assert claim_one(store, now=NOW + 2).job_id == job_id
+
+
+def test_retry_only_takes_failed_jobs(store: JobStore) -> None:
+    job_id = submit(store)
+    with pytest.raises(JobFinishedError):
+        store.retry(job_id, now=NOW)
+    with pytest.raises(JobNotFoundError):
+        store.retry(uuid.uuid4(), now=NOW)
+
+
+def test_list_jobs_newest_first_by_status_with_paging(store: JobStore) -> None:
+    ids = [submit(store, now=NOW + n) for n in range(5)]
+    store.complete(claim_one(store, now=NOW + 10), "x", ttl=TTL, now=NOW + 10)
+    everything = store.list_jobs(status=None, offset=0, limit=10, now=NOW + 10)
+    assert [j.id for j in everything] == ids[::-1]
+    queued = store.list_jobs(status=JobStatus.QUEUED, offset=1, limit=2, now=NOW + 10)
+    assert [j.id for j in queued] == [ids[3], ids[2]]
+    done = store.list_jobs(status=JobStatus.COMPLETED, offset=0, limit=10, now=NOW + 10)
+    assert [j.id for j in done] == [ids[0]]
+
+
+def test_purge_deletes_old_finished_jobs_of_a_status(store: JobStore) -> None:
+    old, new, failed = submit(store), submit(store), submit(store)
+    store.complete(claim_one(store), 1, ttl=TTL, now=NOW + 1)
+    store.complete(claim_one(store), 2, ttl=TTL, now=NOW + 50)
+    store.fail(claim_one(store), BOOM, retry_at=None, ttl=TTL, now=NOW + 1)
+    assert (
+        store.purge(status=JobStatus.COMPLETED, older_than=NOW + 10, now=NOW + 60) == 1
+    )
+    assert store.get(old, now=NOW + 60) is None
+    assert store.get(new, now=NOW + 60) is not None
+    assert store.get(failed, now=NOW + 60) is not None
+
+
+def test_stats(store: JobStore) -> None:
+    submit(store, now=NOW)
+    submit(store, now=NOW + 5)
+    running = submit(store, now=NOW - 5)
+    assert claim_one(store, now=NOW + 5).job_id == running
+    store.register_worker("w1", ttl=30, now=NOW)
+    store.register_worker("w2", ttl=30, now=NOW + 1)
+    stats = store.stats(now=NOW + 6)
+    assert stats.counts[JobStatus.QUEUED] == 2
+    assert stats.counts[JobStatus.IN_PROGRESS] == 1
+    assert stats.counts[JobStatus.COMPLETED] == 0
+    assert stats.queue_depth == 2
+    assert stats.oldest_waiting_at == NOW
+    assert stats.workers == {"w1": NOW, "w2": NOW + 1}
+    # A worker that stops registering is forgotten after its ttl.
+    store.register_worker("w2", ttl=30, now=NOW + 40)
+    assert set(store.stats(now=NOW + 40).workers) == {"w2"}

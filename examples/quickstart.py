@@ -51,6 +51,10 @@ def flaky(ctx: AsyncContext) -> dict[str, object]:
     return {"tenant": ctx.route_params["tenant"], "attempt": ctx.attempt}
 
 
+# The OpenAPI document of these endpoints and of the job endpoints.
+app.get("/openapi.json")(ae.openapi)
+
+
 if __name__ == "__main__":
     port = int(os.environ.get("PORT", "5000"))
     app.run(host="127.0.0.1", port=port, threaded=True)

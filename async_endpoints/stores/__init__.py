@@ -10,14 +10,23 @@ from async_endpoints.stores.memory import MemoryStore
 
 __all__ = ["JobStore", "MemoryStore", "open_store"]
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+cluster://",
+    "redis+sentinel://",
+)
 
 
 def open_store(target: Any, *, prefix: str = "async_endpoints") -> JobStore:
     """Turn a URL, a redis client or a store into a :class:`JobStore`.
 
-    :param target: ``"memory://"``, a ``redis://``/``rediss://``/``unix://`` URL, a
-        ``redis.Redis`` client, or an object that already is a store.
+    :param target: ``"memory://"``; a ``redis://``, ``rediss://`` or ``unix://``
+        URL; ``redis+sentinel://host:port,host:port/service_name``;
+        ``redis+cluster://host:port,host:port``; a ``redis.Redis`` client (also one
+        from ``Sentinel(...).master_for(...)``) or a ``redis.cluster.RedisCluster``;
+        or an object that already is a store.
     :param prefix: the Redis key namespace (``ASYNC_ENDPOINTS_KEY_PREFIX``).
     :raises ConfigurationError: the URL's scheme is not supported.
     """
@@ -28,6 +37,7 @@ def open_store(target: Any, *, prefix: str = "async_endpoints") -> JobStore:
         return store
 
     import redis
+    import redis.cluster
 
     from async_endpoints.stores.redis import RedisStore
 
@@ -35,11 +45,13 @@ def open_store(target: Any, *, prefix: str = "async_endpoints") -> JobStore:
         if target.startswith(_REDIS_SCHEMES):
             return RedisStore.from_url(target, prefix=prefix)
         raise ConfigurationError(
-            f"ASYNC_ENDPOINTS_STORE_URL={target!r} is not supported: use 'memory://' "
-            "or a redis://, rediss:// or unix:// URL."
+            f"ASYNC_ENDPOINTS_STORE_URL={target.partition('://')[0]}://... is not "
+            "supported: use 'memory://' or a redis://, rediss://, unix://, "
+            "redis+sentinel:// or redis+cluster:// URL."
         )
-    if isinstance(target, redis.Redis):
+    if isinstance(target, redis.Redis | redis.cluster.RedisCluster):
         return RedisStore(target, prefix=prefix)
     raise ConfigurationError(
-        f"store={target!r} is neither a JobStore, a redis.Redis client nor a URL."
+        f"store={target!r} is neither a JobStore, a redis.Redis or "
+        "redis.cluster.RedisCluster client, nor a URL."
     )

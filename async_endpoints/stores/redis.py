@@ -36,6 +36,14 @@ empty mapping), to keep a finished job small (a few hundred bytes, listpack)::
 
 Times are ``repr(float)`` strings, so they read back exactly. Values are JSON, never
 pickle.
+
+Deployments: a single Redis (``redis://``, ``rediss://``, ``unix://``), Sentinel
+(``redis+sentinel://``: a ``redis.Redis`` on a ``SentinelConnectionPool``, which asks
+the sentinels for the master on every new connection) or Cluster
+(``redis+cluster://``: a ``redis.cluster.RedisCluster``, which routes each command,
+EVALSHA included, by its keys' slot; all keys of one prefix share one slot). The
+Cluster client is made on first use, because redis-py's connects at construction:
+like the other URLs, opening the store contacts no server.
 """
 
 from __future__ import annotations
@@ -49,11 +57,17 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import redis
+import redis.backoff
+import redis.cluster
+import redis.connection
+import redis.exceptions
+import redis.retry
+import redis.sentinel
 
 from async_endpoints.errors import (
     ConfigurationError,
@@ -73,6 +87,7 @@ from async_endpoints.jobs import (
     JobStatus,
     JSONValue,
     Progress,
+    StoreStats,
 )
 
 if TYPE_CHECKING:
@@ -90,6 +105,9 @@ _ScriptName: TypeAlias = Literal[
     "release",
     "cancel",
     "recover_expired",
+    "retry",
+    "register_worker",
+    "purge",
 ]
 _SCRIPT_NAMES: Final[tuple[_ScriptName, ...]] = (
     "submit",
@@ -101,12 +119,29 @@ _SCRIPT_NAMES: Final[tuple[_ScriptName, ...]] = (
     "release",
     "cancel",
     "recover_expired",
+    "retry",
+    "register_worker",
+    "purge",
 )
-_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+_CLUSTER_SCHEME: Final = "redis+cluster://"
+_SENTINEL_SCHEME: Final = "redis+sentinel://"
+_SCHEMES: Final = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    _CLUSTER_SCHEME,
+    _SENTINEL_SCHEME,
+)
+_CONNECT_TIMEOUT: Final = 5.0
+"""Default ``socket_connect_timeout`` of the clients a URL makes, in seconds."""
 _MIN_BLOCK: Final = 0.01
 """Shortest BLPOP, in seconds: 0 would mean "block forever"."""
 _END_POLL: Final = 0.05
 """How often ``wait_for_end`` looks at the job, in seconds."""
+
+# types-redis makes Redis generic; redis-py's own inline types do not.
+_Client: TypeAlias = "redis.Redis | redis.cluster.RedisCluster"  # type: ignore[type-arg,unused-ignore]
+"""What the store talks to: one server (plain or through Sentinel) or a Cluster."""
 
 _Reply: TypeAlias = "str | int | list[_Reply] | None"
 """A script reply with bulk strings decoded: what the decoders below read."""
@@ -132,6 +167,7 @@ class _Keys:
         self.ready: Final = f"{tag}:ready"
         self.claimed: Final = f"{tag}:claimed"
         self.wake: Final = f"{tag}:wake"
+        self.workers: Final = f"{tag}:workers"
         self.job_prefix: Final = f"{tag}:job:"
         self._idem_prefix: Final = f"{tag}:idem:"
 
@@ -285,12 +321,42 @@ def _ttl_seconds(ttl: float) -> str:
     return str(max(1, math.ceil(ttl)))
 
 
+# -- URLs and clients -------------------------------------------------------------
+
+
+def _auth(kwargs: Mapping[str, Any]) -> str:
+    """The ``user:***@`` part of a URL-like name (the password redacted)."""
+    user = quote(str(kwargs.get("username") or ""), safe="")
+    return f"{user}:***@" if kwargs.get("password") else (f"{user}@" if user else "")
+
+
+def _describe_client(client: _Client) -> str:
+    """A URL-like name of the client's target, with any password redacted."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        cluster: Any = client  # redis-py leaves these methods unannotated
+        kwargs: Mapping[str, Any] = cluster.nodes_manager.connection_kwargs
+        return _cluster_name([(n.host, n.port) for n in cluster.get_nodes()], kwargs)
+    return _describe(client.connection_pool)
+
+
+def _cluster_name(nodes: Sequence[tuple[str, int]], kwargs: Mapping[str, Any]) -> str:
+    hosts = ",".join(f"{host}:{port}" for host, port in nodes)
+    return f"{_CLUSTER_SCHEME}{_auth(kwargs)}{hosts}"
+
+
 def _describe(pool: Any) -> str:
     """A URL-like name of the pool's target, with any password redacted."""
     kwargs: Mapping[str, Any] = getattr(pool, "connection_kwargs", {})
     db = kwargs.get("db", 0)
-    user = quote(str(kwargs.get("username") or ""), safe="")
-    auth = f"{user}:***@" if kwargs.get("password") else (f"{user}@" if user else "")
+    auth = _auth(kwargs)
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        sentinels: Any = pool.sentinel_manager.sentinels
+        hosts = ",".join(
+            f"{s.connection_pool.connection_kwargs.get('host')}:"
+            f"{s.connection_pool.connection_kwargs.get('port')}"
+            for s in sentinels
+        )
+        return f"{_SENTINEL_SCHEME}{auth}{hosts}/{pool.service_name}?db={db}"
     if kwargs.get("path"):
         return f"unix://{auth}{kwargs['path']}?db={db}"
     connection_class = getattr(pool, "connection_class", None)
@@ -302,60 +368,196 @@ def _describe(pool: Any) -> str:
     return f"{scheme}://{auth}{host}:{kwargs.get('port', 6379)}/{db}"
 
 
+def _split_url(
+    url: str, scheme: str, default_port: int
+) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+    """``scheme[user:password@]host:port,host:port[/path][?options]``, taken apart.
+
+    :returns: the ``(host, port)`` pairs, the path without its leading slash, and
+        the connection options redis-py reads from a ``redis://`` URL (credentials,
+        ``socket_timeout`` and the like), with a 5 s connect timeout by default.
+    :raises ConfigurationError: no host, or a port that is not a number.
+    """
+    parts = urlsplit(url)
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        host, port = item, str(default_port)
+        if item.startswith("["):  # [IPv6]:port
+            host, _, rest = item[1:].partition("]")
+            port = rest.removeprefix(":") or port
+        elif ":" in item:
+            host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigurationError(
+                f"{_redact(url)!r} is not a valid {scheme} URL: expected "
+                f"{scheme}host:port,host:port,..."
+            )
+        nodes.append((host, int(port)))
+    auth = f"{userinfo}@" if userinfo else ""
+    query = f"?{parts.query}" if parts.query else ""
+    try:
+        parse: Any = redis.connection.parse_url  # unannotated in redis-py
+        options: dict[str, Any] = parse(f"redis://{auth}localhost{query}")
+    except ValueError as exc:
+        raise ConfigurationError(f"Invalid Redis URL {_redact(url)!r}: {exc}") from exc
+    options.pop("host", None)
+    return (
+        nodes,
+        parts.path.removeprefix("/"),
+        {
+            "socket_connect_timeout": _CONNECT_TIMEOUT,
+            **options,
+        },
+    )
+
+
+def _redact(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    userinfo, at, hostlist = parts.netloc.rpartition("@")
+    if ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return str(parts._replace(netloc=f"{user}:***{at}{hostlist}").geturl())
+
+
+def _cluster_connector(url: str) -> tuple[Callable[[], _Client], str]:
+    """A ``redis+cluster://`` URL's client factory (it connects when called), and
+    the URL's name with any password redacted.
+
+    :raises ConfigurationError: the URL is malformed or names a database.
+    """
+    nodes, path, options = _split_url(url, _CLUSTER_SCHEME, 6379)
+    if path or options.get("db", 0) != 0:
+        raise ConfigurationError(
+            f"{_redact(url)!r}: a Redis Cluster has only database 0; drop the path "
+            "and any db= option."
+        )
+    options.pop("db", None)
+    node: Any = redis.cluster.ClusterNode  # unannotated in redis-py
+    startup = [node(host, port) for host, port in nodes]
+
+    def connect() -> _Client:
+        return redis.cluster.RedisCluster(startup_nodes=startup, **options)
+
+    return connect, _cluster_name(nodes, options)
+
+
+def _sentinel_client(url: str) -> tuple[_Client, Callable[[], None]]:
+    """The master's client for a ``redis+sentinel://`` URL (nothing connects yet),
+    and a function that closes the connections to the sentinels.
+
+    :raises ConfigurationError: the URL is malformed or names no service.
+    """
+    nodes, service, options = _split_url(url, _SENTINEL_SCHEME, 26379)
+    if not service or "/" in service:
+        raise ConfigurationError(
+            f"{_redact(url)!r} names no Sentinel service: use "
+            f"{_SENTINEL_SCHEME}host:port,host:port/service_name"
+        )
+    # socket_* options also apply to the sentinels, credentials only to the master.
+    # An unreachable sentinel is not retried (redis-py's default backs off for
+    # seconds): the next one is asked at once.
+    sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinel_options["retry"] = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+    make_sentinel: Any = redis.sentinel.Sentinel  # unannotated in redis-py
+    sentinel = make_sentinel(nodes, sentinel_kwargs=sentinel_options, **options)
+    client: _Client = sentinel.master_for(service)
+
+    def close_sentinels() -> None:
+        for connection in sentinel.sentinels:
+            connection.close()
+
+    return client, close_sentinels
+
+
 # -- the store --------------------------------------------------------------------
 
 
 class RedisStore:
     """Keeps jobs in Redis, shared by every process and host that uses the prefix.
 
-    :param client: a ``redis.Redis`` client; the store never closes it.
+    :param client: a ``redis.Redis`` client (one server, or the master through
+        Sentinel: ``Sentinel(...).master_for(...)``) or a
+        ``redis.cluster.RedisCluster``; the store never closes it.
     :param prefix: the key namespace (``ASYNC_ENDPOINTS_KEY_PREFIX``); it becomes the
         ``{prefix}`` hash tag, so it may not contain braces.
     :raises ConfigurationError: the prefix is empty or contains braces.
     """
 
-    # types-redis makes Redis generic; redis-py's own inline types do not.
-    def __init__(
-        self,
-        client: redis.Redis,  # type: ignore[type-arg,unused-ignore]
-        *,
-        prefix: str = "async_endpoints",
-    ) -> None:
+    def __init__(self, client: _Client, *, prefix: str = "async_endpoints") -> None:
+        self._setup(prefix, _describe_client(client))
+        self._bind(client)
+
+    def _setup(self, prefix: str, target: str) -> None:
         self._keys = _Keys(prefix)
         self._prefix = prefix
-        self._client = client
-        self._owns_client = False
-        self._target = _describe(client.connection_pool)
-        self._scripts = {
-            name: client.register_script(_script_source(name)) for name in _SCRIPT_NAMES
-        }
+        self._target = target
+        self._client: _Client | None = None
+        self._scripts: dict[_ScriptName, Script] = {}
+        self._connect: Callable[[], _Client] | None = None
+        self._connect_lock = threading.Lock()
+        self._closers: list[Callable[[], None]] = []
         self._next_due: float | None = None
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._blocked: set[_BlockingConnection] = set()
 
+    def _bind(self, client: _Client) -> _Client:
+        self._scripts = {
+            name: client.register_script(_script_source(name)) for name in _SCRIPT_NAMES
+        }
+        self._client = client
+        return client
+
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "async_endpoints") -> RedisStore:
         """A store on a client it creates (and closes in :meth:`close`).
 
-        :param url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
+        No server is contacted until the store is used.
+
+        :param url: ``redis://``, ``rediss://`` or ``unix://`` (one server),
+            ``redis+sentinel://host:port,host:port/service_name`` (the master that
+            the sentinels name) or ``redis+cluster://host:port,host:port`` (a
+            Cluster, found through any of these nodes). Credentials and redis-py's
+            connection options (``?socket_timeout=5``) may be given as in a
+            ``redis://`` URL.
         :param prefix: the key namespace, as for the constructor.
-        :raises ConfigurationError: the URL is not a Redis URL.
+        :raises ConfigurationError: the URL is not a valid Redis URL.
         """
         if not url.startswith(_SCHEMES):
             raise ConfigurationError(
-                f"{url!r} is not a Redis URL: use redis://, rediss:// or unix://."
+                f"{_redact(url)!r} is not a Redis URL: use redis://, rediss://, "
+                f"unix://, {_CLUSTER_SCHEME} or {_SENTINEL_SCHEME}."
             )
+        store = cls.__new__(cls)
+        if url.startswith(_CLUSTER_SCHEME):
+            connect, target = _cluster_connector(url)
+            store._setup(prefix, target)
+            store._connect = connect
+            return store
+        close_more: Callable[[], None] | None = None
+        if url.startswith(_SENTINEL_SCHEME):
+            client, close_more = _sentinel_client(url)
+        else:
+            try:
+                client = redis.Redis.from_url(
+                    url, socket_connect_timeout=_CONNECT_TIMEOUT
+                )
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"Invalid Redis URL {_redact(url)!r}: {exc}"
+                ) from exc
         try:
-            client = redis.Redis.from_url(url, socket_connect_timeout=5.0)
-        except ValueError as exc:
-            raise ConfigurationError(f"Invalid Redis URL: {exc}") from exc
-        try:
-            store = cls(client, prefix=prefix)
+            store._setup(prefix, _describe_client(client))
+            store._bind(client)
         except BaseException:
             client.close()
             raise
-        store._owns_client = True
+        store._closers.append(client.close)
+        if close_more is not None:
+            store._closers.append(close_more)
         return store
 
     def __repr__(self) -> str:
@@ -363,24 +565,54 @@ class RedisStore:
 
     # -- plumbing ------------------------------------------------------------------
 
+    def _redis(self) -> _Client:
+        """The client; a Cluster client a URL describes is made on first use."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._connect_lock:
+            if self._client is not None:
+                return self._client
+            if self._connect is None:  # pragma: no cover - set by from_url
+                raise StoreError("This RedisStore has no client.")
+            with self._translate_errors():
+                client = self._bind(self._connect())
+            self._closers.append(client.close)
+            return client
+
     @contextlib.contextmanager
     def _translate_errors(self) -> Iterator[None]:
         """Turn redis-py's infrastructure errors into the library's store errors."""
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StoreUnavailableError(
-                f"Redis at {self._target} is unavailable ({exc}). Check that the "
-                "server is running and that ASYNC_ENDPOINTS_STORE_URL points at it."
-            ) from exc
+        except (
+            redis.ConnectionError,
+            redis.TimeoutError,
+            # A Cluster that is down, resharding, or that no node of can be reached.
+            redis.exceptions.ClusterDownError,
+            redis.exceptions.TryAgainError,
+            redis.exceptions.RedisClusterException,
+            # A master demoted to replica by a failover (READONLY).
+            redis.exceptions.ReadOnlyError,
+        ) as exc:
+            raise self._unavailable(exc) from exc
         except redis.RedisError as exc:
+            if str(exc).startswith("NOREPLICAS"):  # min-replicas-to-write unmet
+                raise self._unavailable(exc) from exc
             raise StoreError(f"Redis at {self._target} failed: {exc}") from exc
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"Redis at {self._target} is unavailable ({exc}). Check that the "
+            "server is running and that ASYNC_ENDPOINTS_STORE_URL points at it."
+        )
 
     def _call(
         self, name: _ScriptName, keys: Sequence[str], args: Sequence[str]
     ) -> _Reply:
-        script: Script = self._scripts[name]
         with self._translate_errors():
+            self._redis()
+            script: Script = self._scripts[name]
             reply: object = script(keys=list(keys), args=list(args))
         return _plain(reply)
 
@@ -440,7 +672,7 @@ class RedisStore:
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         with self._translate_errors():
-            raw: object = self._client.get(self._keys.idem(idempotency.key))
+            raw: object = self._redis().get(self._keys.idem(idempotency.key))
         record = _plain(raw)
         if record is None:
             return None
@@ -461,7 +693,7 @@ class RedisStore:
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         with self._translate_errors():
-            raw: object = self._client.hgetall(self._keys.job(job_id))
+            raw: object = self._redis().hgetall(self._keys.job(job_id))
         if not isinstance(raw, Mapping):
             raise StoreError(f"Expected a hash from Redis, got {raw!r}")
         if not raw:
@@ -641,20 +873,133 @@ class RedisStore:
         reply = _list(self._call("recover_expired", keys, args))
         return _decode_claims(reply, lease_until)
 
+    def retry(self, job_id: uuid.UUID, *, now: float) -> Job:
+        """Put a Failed job back in the queue (Queued, due now, retry count 0).
+
+        :raises JobNotFoundError: no such job.
+        :raises JobFinishedError: the job is not Failed.
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        keys = [self._keys.job(job_id), self._keys.ready, self._keys.wake]
+        reply = _list(self._call("retry", keys, [str(job_id), _num(now)]))
+        code = _int(reply[0])
+        if code == -1:
+            raise JobNotFoundError(f"No job with id '{job_id}'.")
+        if code == -2:
+            raise JobFinishedError(
+                f"Only a Failed job can be retried; job {job_id} is {_str(reply[1])}."
+            )
+        return _decode_job(str(job_id), reply[1])
+
+    def _job_ids(self) -> Iterator[str]:
+        """Every job id of the prefix, by ``SCAN`` (on a Cluster, of the one node
+        that holds the prefix's slot)."""
+        client = self._redis()
+        pattern = f"{self._keys.job_prefix}*"
+        start = len(self._keys.job_prefix)
+        found: Iterator[object]
+        if isinstance(client, redis.cluster.RedisCluster):
+            cluster: Any = client  # redis-py leaves get_node_from_key unannotated
+            node = cluster.get_node_from_key(self._keys.ready)
+            found = client.scan_iter(match=pattern, count=1000, target_nodes=node)
+        else:
+            found = client.scan_iter(match=pattern, count=1000)
+        for key in found:
+            yield _str(_plain(key))[start:]
+
+    def _all_jobs(self) -> list[Job]:
+        jobs: list[Job] = []
+        with self._translate_errors():
+            ids = list(self._job_ids())
+            client = self._redis()
+            for chunk in range(0, len(ids), 500):
+                batch = ids[chunk : chunk + 500]
+                pipe = client.pipeline(transaction=False)
+                for job_id in batch:
+                    pipe.hgetall(self._keys.job(job_id))
+                replies: list[object] = pipe.execute()
+                for job_id, raw in zip(batch, replies, strict=True):
+                    if isinstance(raw, Mapping) and raw:
+                        flat = _plain([item for pair in raw.items() for item in pair])
+                        jobs.append(_decode_job(job_id, flat))
+        return jobs
+
+    def list_jobs(
+        self, *, status: JobStatus | None, offset: int, limit: int, now: float
+    ) -> list[Job]:
+        """Jobs (of one status, or all), newest first, paged.
+
+        Reads every job of the prefix (``SCAN``): an operator's tool, O(jobs).
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        jobs = [j for j in self._all_jobs() if status in (None, j.status)]
+        jobs.sort(key=lambda j: (j.created_at, str(j.id)), reverse=True)
+        return jobs[offset : offset + limit]
+
+    def purge(self, *, status: JobStatus, older_than: float, now: float) -> int:
+        """Delete finished jobs of ``status`` that ended before ``older_than``.
+
+        Candidates come from ``SCAN``; each is checked again atomically by
+        ``purge.lua`` before it is deleted.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        if not status.is_finished:
+            raise ValueError(f"only finished jobs can be purged, not {status.value}")
+        with self._translate_errors():
+            ids = list(self._job_ids())
+        deleted = 0
+        for chunk in range(0, len(ids), 200):
+            keys = [self._keys.job(i) for i in ids[chunk : chunk + 200]]
+            deleted += _int(self._call("purge", keys, [status.value, _num(older_than)]))
+        return deleted
+
+    def register_worker(self, owner: str, *, ttl: float, now: float) -> None:
+        """Record that worker ``owner`` is alive; forgotten ``ttl`` s after ``now``.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        self._call(
+            "register_worker", [self._keys.workers], [owner, _num(now), _num(ttl)]
+        )
+
+    def stats(self, *, now: float) -> StoreStats:
+        """Counts per status (by ``SCAN``), the oldest waiting job, live workers.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        counts = dict.fromkeys(JobStatus, 0)
+        for job in self._all_jobs():
+            counts[job.status] += 1
+        with self._translate_errors():
+            client = self._redis()
+            first: object = client.zrange(self._keys.ready, 0, 0, withscores=True)
+            workers: object = client.hgetall(self._keys.workers)
+        oldest = None
+        if isinstance(first, list) and first:
+            oldest = float(first[0][1])
+        alive: dict[str, float] = {}
+        if isinstance(workers, Mapping):
+            for name, seen in workers.items():
+                alive[_str(_plain(name))] = float(_str(_plain(seen)))
+        return StoreStats(counts=counts, oldest_waiting_at=oldest, workers=alive)
+
     def queue_size(self) -> int:
         """How many jobs wait (Queued + Scheduled).
 
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         with self._translate_errors():
-            return int(self._client.zcard(self._keys.ready))
+            return int(self._redis().zcard(self._keys.ready))
 
     def wait_for_work(self, timeout: float) -> None:
         """Block up to ``timeout`` seconds, or until new work may be due.
 
         Blocks in ``BLPOP`` on the wake-up list (pushed by submit, retry and
         release), no longer than until the earliest waiting job the last
-        :meth:`claim` saw falls due. :meth:`close` cuts the wait short.
+        :meth:`claim` saw falls due. :meth:`close` cuts the wait short. On a
+        Cluster it blocks on the node that holds the prefix's slot.
 
         :raises StoreUnavailableError: Redis cannot be reached.
         """
@@ -664,7 +1009,8 @@ class RedisStore:
         next_due, self._next_due = self._next_due, None
         if next_due is not None:
             seconds = min(seconds, next_due - time.time())
-        pool: Any = self._client.connection_pool
+        with self._translate_errors():
+            pool = self._wake_pool()
         socket_timeout = pool.connection_kwargs.get("socket_timeout")
         if socket_timeout:
             # A read may not outlast the socket timeout; waking early is allowed.
@@ -679,7 +1025,13 @@ class RedisStore:
                 return
             with self._translate_errors():
                 connection.send_command("BLPOP", self._keys.wake, seconds)
-                connection.read_response()
+                try:
+                    connection.read_response()
+                except redis.exceptions.AskError:
+                    # MOVED or ASK: the slot is moving to another Cluster node. The
+                    # next command through the Cluster client learns where it went,
+                    # and the next wait blocks there; pause so as not to spin.
+                    self._closed.wait(min(seconds, _END_POLL))
         except Exception:
             connection.disconnect()
             if not self._closed.is_set():
@@ -688,6 +1040,15 @@ class RedisStore:
             with self._lock:
                 self._blocked.discard(connection)
             pool.release(connection)
+
+    def _wake_pool(self) -> Any:
+        """The connection pool of the server that holds the wake-up list."""
+        client = self._redis()
+        if isinstance(client, redis.cluster.RedisCluster):
+            cluster: Any = client  # redis-py leaves these methods unannotated
+            node = cluster.get_node_from_key(self._keys.wake)
+            return cluster.get_redis_connection(node).connection_pool
+        return client.connection_pool
 
     @staticmethod
     def _checkout(pool: Any) -> _BlockingConnection:
@@ -716,7 +1077,8 @@ class RedisStore:
             self._closed.wait(min(_END_POLL, remaining))
 
     def close(self) -> None:
-        """Wake blocked waiters and, if :meth:`from_url` made the client, close it.
+        """Wake blocked waiters and, if :meth:`from_url` made the client, close it
+        (and, for Sentinel, its connections to the sentinels).
 
         A client passed to the constructor stays open: it belongs to the caller.
         """
@@ -725,5 +1087,7 @@ class RedisStore:
             blocked = list(self._blocked)
         for connection in blocked:
             connection.disconnect()
-        if self._owns_client:
-            self._client.close()
+        with self._connect_lock:
+            closers, self._closers = self._closers, []
+        for close in closers:
+            close()

@@ -529,10 +529,10 @@ def test_list_jobs_newest_first_by_status_with_paging(store: JobStore) -> None:
 
 
 def test_purge_deletes_old_finished_jobs_of_a_status(store: JobStore) -> None:
-    old, new, failed = submit(store), submit(store), submit(store)
-    store.complete(claim_one(store), 1, ttl=TTL, now=NOW + 1)
-    store.complete(claim_one(store), 2, ttl=TTL, now=NOW + 50)
-    store.fail(claim_one(store), BOOM, retry_at=None, ttl=TTL, now=NOW + 1)
+    old, new, failed = (submit(store, now=NOW + n / 10) for n in range(3))
+    store.complete(claim_one(store, now=NOW + 1), 1, ttl=TTL, now=NOW + 1)
+    store.complete(claim_one(store, now=NOW + 1), 2, ttl=TTL, now=NOW + 50)
+    store.fail(claim_one(store, now=NOW + 1), BOOM, retry_at=None, ttl=TTL, now=NOW + 1)
     assert (
         store.purge(status=JobStatus.COMPLETED, older_than=NOW + 10, now=NOW + 60) == 1
     )
@@ -544,7 +544,7 @@ def test_purge_deletes_old_finished_jobs_of_a_status(store: JobStore) -> None:
 def test_stats(store: JobStore) -> None:
     submit(store, now=NOW)
     submit(store, now=NOW + 5)
-    running = submit(store, now=NOW - 5)
+    running = submit(store, now=NOW - 5)  # due first, so claimed first
     assert claim_one(store, now=NOW + 5).job_id == running
     store.register_worker("w1", ttl=30, now=NOW)
     store.register_worker("w2", ttl=30, now=NOW + 1)

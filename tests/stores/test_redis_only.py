@@ -38,6 +38,9 @@ SCRIPTS = {
     "release",
     "cancel",
     "recover_expired",
+    "retry",
+    "register_worker",
+    "purge",
 }
 
 

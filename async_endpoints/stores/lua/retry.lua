@@ -1,0 +1,26 @@
+-- retry.lua: put a Failed job back in the queue, its retry count reset.
+--
+-- KEYS[1]  the job's hash        {prefix}:job:<id>  (Queued again, expiry removed)
+-- KEYS[2]  the waiting-jobs zset {prefix}:ready     (id added, score = now)
+-- KEYS[3]  the wake-up list      {prefix}:wake      (one token pushed)
+--
+-- ARGV[1]  the job id
+-- ARGV[2]  now, epoch seconds (float string)
+--
+-- Returns {1, fields} with the job's hash HGETALL-style; {-1} when there is no
+-- such job; {-2, status} when the job is not Failed.
+
+local status = redis.call('HGET', KEYS[1], 's')
+if not status then
+    return {-1}
+end
+if status ~= 'Failed' then
+    return {-2, status}
+end
+redis.call('PERSIST', KEYS[1])
+redis.call('HSET', KEYS[1], 's', 'Queued', 'd', ARGV[2], 'u', ARGV[2])
+redis.call('HDEL', KEYS[1], 'a', 'e')
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('LPUSH', KEYS[3], '1')
+redis.call('LTRIM', KEYS[3], 0, 63)
+return {1, redis.call('HGETALL', KEYS[1])}

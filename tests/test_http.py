@@ -397,3 +397,23 @@ def test_store_outage_is_503_with_retry_after() -> None:
         body = assert_problem(response, 503)
         assert "ASYNC_ENDPOINTS_STORE_URL" in str(body["detail"])
         assert response.headers["Retry-After"].isdigit()
+
+
+def test_long_poll_answers_when_the_job_ends(
+    app: Flask, client: FlaskClient, ae: AsyncEndpoints, echo: None
+) -> None:
+    import threading
+    import time
+
+    location = client.post("/api/acme/echo", json={}).headers["Location"]
+
+    def finish() -> None:
+        with app.app_context():
+            ae.run_due_jobs()
+
+    # Whether the job ends before or during the wait, the answer is the same.
+    threading.Timer(0.2, finish).start()
+    began = time.monotonic()
+    response = client.get(f"{location}?wait=15")
+    assert response.get_json()["status"] == "Completed"
+    assert time.monotonic() - began < 10, "the wait did not end with the job"

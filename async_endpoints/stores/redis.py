@@ -170,12 +170,17 @@ class _Keys:
         self.workers: Final = f"{tag}:workers"
         self.job_prefix: Final = f"{tag}:job:"
         self._idem_prefix: Final = f"{tag}:idem:"
+        self._ended_prefix: Final = f"{tag}:ended:"
 
     def job(self, job_id: uuid.UUID | str) -> str:
         return f"{self.job_prefix}{job_id}"
 
     def idem(self, key: str) -> str:
         return f"{self._idem_prefix}{key}"
+
+    def ended(self, job_id: uuid.UUID | str) -> str:
+        """The Pub/Sub channel (not a key) told when the job ends."""
+        return f"{self._ended_prefix}{job_id}"
 
 
 class _BlockingConnection(Protocol):
@@ -764,6 +769,7 @@ class RedisStore:
         keys = [self._keys.job(claim.job_id), self._keys.ready, self._keys.claimed]
         encoded = "" if result is None else _dump(result)
         args = [str(claim.job_id), claim.token, _num(now), encoded, _ttl_seconds(ttl)]
+        args.append(self._keys.ended(claim.job_id))
         return _int(self._call("complete", keys, args)) == 1
 
     def fail(
@@ -800,6 +806,7 @@ class RedisStore:
             _dump_error(error),
             "" if retry_at is None else _num(retry_at),
             _ttl_seconds(ttl),
+            self._keys.ended(claim.job_id),
         ]
         return _int(self._call("fail", keys, args)) == 1
 
@@ -843,7 +850,7 @@ class RedisStore:
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         keys = [self._keys.job(job_id), self._keys.ready]
-        args = [str(job_id), _num(now), _ttl_seconds(ttl)]
+        args = [str(job_id), _num(now), _ttl_seconds(ttl), self._keys.ended(job_id)]
         reply = _list(self._call("cancel", keys, args))
         code = _int(reply[0])
         if code == -1:
@@ -1062,11 +1069,36 @@ class RedisStore:
     def wait_for_end(self, job_id: uuid.UUID, timeout: float) -> None:
         """Block up to ``timeout`` seconds, or until the job has ended or is gone.
 
-        Looks at the job every 50 ms; :meth:`close` cuts the wait short.
+        Subscribes to the job's end channel (the scripts that end a job publish
+        to it), then looks at the job once, so an end between the two is not
+        missed. On a Cluster, where plain Pub/Sub is broadcast to every node, it
+        looks at the job every 50 ms instead. :meth:`close` cuts the wait short.
 
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         deadline = time.monotonic() + timeout
+        with self._translate_errors():
+            client = self._redis()
+        if isinstance(client, redis.cluster.RedisCluster):
+            self._poll_for_end(job_id, deadline)
+            return
+        plain: Any = client  # redis-py leaves pubsub() unannotated
+        with self._translate_errors():
+            pubsub = plain.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self._keys.ended(job_id))
+                job = self.get(job_id, now=time.time())
+                while job is not None and not job.status.is_finished:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._closed.is_set():
+                        return
+                    message = pubsub.get_message(timeout=min(remaining, 1.0))
+                    if message is not None:
+                        return
+            finally:
+                pubsub.close()
+
+    def _poll_for_end(self, job_id: uuid.UUID, deadline: float) -> None:
         while not self._closed.is_set():
             job = self.get(job_id, now=time.time())
             if job is None or job.status.is_finished:

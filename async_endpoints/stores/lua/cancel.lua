@@ -6,6 +6,8 @@
 -- ARGV[1]  the job id
 -- ARGV[2]  now, epoch seconds (float string)
 -- ARGV[3]  ttl of the canceled job, whole seconds (integer >= 1)
+-- ARGV[4]  the job's end channel {prefix}:ended:<id>: PUBLISHed to when the job
+--          ends here, so that long-polling readers wake (a channel, not a key)
 --
 -- Returns {code, fields}: code 1 = the job (now Canceled, flagged, or already
 -- Canceled) with its hash HGETALL-style; -1 = no such job ({-1});
@@ -25,5 +27,6 @@ elseif status ~= 'Canceled' then
     redis.call('HDEL', KEYS[1], 'd')
     redis.call('ZREM', KEYS[2], ARGV[1])
     redis.call('EXPIRE', KEYS[1], ARGV[3])
+    redis.call('PUBLISH', ARGV[4], 'Canceled')
 end
 return {1, redis.call('HGETALL', KEYS[1])}

@@ -9,6 +9,8 @@
 -- ARGV[3]  now, epoch seconds (float string)
 -- ARGV[4]  the result as JSON, or '' for null
 -- ARGV[5]  ttl of the finished job, whole seconds (integer >= 1)
+-- ARGV[6]  the job's end channel {prefix}:ended:<id>: PUBLISHed to, so that
+--          long-polling readers wake (a channel, not a key)
 --
 -- Returns 1 if applied, 0 if the token or status no longer match.
 
@@ -25,4 +27,5 @@ end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('PUBLISH', ARGV[6], status)
 return 1

@@ -12,6 +12,8 @@
 -- ARGV[4]  the error as JSON
 -- ARGV[5]  retry_at, epoch seconds (float string), or '' to fail for good
 -- ARGV[6]  ttl of a finished job, whole seconds (integer >= 1)
+-- ARGV[7]  the job's end channel {prefix}:ended:<id>: PUBLISHed to when the job
+--          ends, so that long-polling readers wake (a channel, not a key)
 --
 -- Returns 1 if applied, 0 if the token or status no longer match.
 
@@ -27,6 +29,7 @@ if held[3] or ARGV[5] == '' then
     redis.call('HDEL', KEYS[1], 'd')
     redis.call('ZREM', KEYS[2], ARGV[1])
     redis.call('EXPIRE', KEYS[1], ARGV[6])
+    redis.call('PUBLISH', ARGV[7], status)
 else
     redis.call('HSET', KEYS[1], 's', 'Scheduled', 'x', ARGV[4], 'd', ARGV[5],
         'u', ARGV[3])

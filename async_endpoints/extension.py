@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from uuid import UUID
 from flask import Flask, Response, current_app, has_app_context, has_request_context
 
 from async_endpoints.errors import ConfigurationError, JobNotFoundError
-from async_endpoints.jobs import Job
+from async_endpoints.jobs import Job, parse_job_id
 from async_endpoints.manager import (
     Handler,
     HandlerSpec,
@@ -330,7 +329,7 @@ class AsyncEndpoints:
 
     def get_job(self, job_id: UUID | str) -> Job | None:
         """The job with this id, or ``None`` (unknown, malformed or expired)."""
-        parsed = _parse_id(job_id)
+        parsed = parse_job_id(job_id)
         return None if parsed is None else self._state().manager.get(parsed)
 
     def cancel(self, job_id: UUID | str) -> Job:
@@ -339,7 +338,7 @@ class AsyncEndpoints:
         :raises JobNotFoundError: (a ``LookupError``) no such job.
         :raises JobFinishedError: the job already ended (HTTP meaning 409).
         """
-        parsed = _parse_id(job_id)
+        parsed = parse_job_id(job_id)
         if parsed is None:
             raise JobNotFoundError(f"No job with id '{job_id}'.")
         return self._state().manager.cancel(parsed)
@@ -416,7 +415,8 @@ class AsyncEndpoints:
         if self._owner_func is None or not has_request_context():
             return None
         owner = self._owner_func()
-        return None if owner is None else str(owner)
+        # An empty owner is no owner, for visibility and idempotency alike.
+        return str(owner) if owner else None
 
     def _ensure_worker(self, state: _AppState) -> None:
         if not state.settings.start_worker:
@@ -431,15 +431,6 @@ class AsyncEndpoints:
             # A worker inherited through fork() has no threads here: discard it.
             state.worker = Worker(state.manager)
             state.worker.start()
-
-
-def _parse_id(job_id: UUID | str) -> UUID | None:
-    if isinstance(job_id, UUID):
-        return job_id
-    try:
-        return uuid.UUID(str(job_id))
-    except ValueError:
-        return None
 
 
 def _marked_gunicorn_worker() -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeAlias
@@ -202,6 +203,23 @@ class Idempotency:
     key: str
     fingerprint: str
     ttl: float
+
+
+_CANONICAL_ID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
+def parse_job_id(value: UUID | str) -> UUID | None:
+    """The id in ``value`` if it is a UUID or its canonical text form, else ``None``.
+
+    Only the canonical 36-character form is taken, so each job has one URL.
+    """
+    if isinstance(value, UUID):
+        return value
+    if not isinstance(value, str) or _CANONICAL_ID.fullmatch(value) is None:
+        return None
+    return UUID(value)
 
 
 def format_timestamp(ts: float | None) -> str | None:

@@ -154,8 +154,9 @@ class JobManager:
         try:
             body = to_json(payload)
         except TypeError as exc:
+            reason = exc.__cause__ or exc  # json's own words, e.g. about NaN
             raise InvalidRequestError(
-                f"The request for {name!r} cannot be stored as JSON: {exc}"
+                f"The request for {name!r} cannot be stored as JSON: {reason}."
             ) from exc
         now = time.time()
         route = {str(k): str(v) for k, v in (route_params or {}).items()}
@@ -307,7 +308,9 @@ class JobManager:
     def release(self, claims: Sequence[Claim]) -> None:
         """Hand claims back to the queue without counting an attempt."""
         if claims:
-            self.store.release(claims, now=time.time())
+            self.store.release(
+                claims, ttl=self.settings.result_ttl_seconds, now=time.time()
+            )
 
     def signal_cancel(self, job_ids: Any) -> None:
         """Set ``ctx.cancelled`` of the local runs of these jobs."""

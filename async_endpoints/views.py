@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -32,7 +31,7 @@ from async_endpoints.errors import (
     UnsupportedMediaTypeError,
     ValidationError,
 )
-from async_endpoints.jobs import Job, retry_after_seconds
+from async_endpoints.jobs import Job, parse_job_id, retry_after_seconds
 from async_endpoints.models import parse_model
 
 if TYPE_CHECKING:
@@ -55,7 +54,10 @@ ERROR_MAP: Final[list[tuple[type[Exception], int, str, float | None]]] = [
 ]
 
 PROBLEM_JSON: Final = "application/problem+json"
-_WAIT_RE: Final = re.compile(r"(?:^|[;,])\s*wait\s*=\s*\"?(\d+)\"?\s*(?=$|[;,])", re.I)
+_WAIT_RE: Final = re.compile(
+    r"(?:^|[;,])\s*wait\s*=\s*\"?([0-9]+)\"?\s*(?=$|[;,])", re.I
+)
+_SECONDS_RE: Final = re.compile(r"[0-9]+")
 
 _F = TypeVar("_F", bound=Callable[..., ResponseReturnValue])
 
@@ -144,6 +146,8 @@ def read_body() -> Any:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"The body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequestError("The body's JSON is nested too deeply.") from None
 
 
 def request_headers() -> dict[str, str]:
@@ -159,7 +163,15 @@ def wait_seconds(value: str | None, cap: float) -> int | None:
     match = _WAIT_RE.search(value)
     if match is None:
         return None
-    return int(min(int(match.group(1)), cap))
+    return _capped(match.group(1), cap)
+
+
+def _capped(digits: str, cap: float) -> int:
+    """Whole seconds from ASCII digits, at most ``cap`` (any length of digits)."""
+    # Ten significant digits are above any cap; Python's int() refuses numbers of
+    # thousands of digits, so longer ones are not parsed in full.
+    significant = digits.lstrip("0")[:11] or "0"
+    return int(min(int(significant), cap))
 
 
 def submit_view(
@@ -232,10 +244,9 @@ def submit_view(
 
 
 def _job_or_404(ext: AsyncEndpoints, state: _AppState, job_id: str) -> Job:
-    try:
-        parsed = uuid.UUID(job_id)
-    except ValueError:
-        raise JobNotFoundError(f"No job with id '{job_id}'.") from None
+    parsed = parse_job_id(job_id)
+    if parsed is None:
+        raise JobNotFoundError(f"No job with id '{job_id[:64]}'.")
     job = state.manager.get(parsed)
     if job is None or (job.owner is not None and job.owner != ext._current_owner()):
         raise JobNotFoundError(f"No job with id '{job_id}'.")
@@ -253,11 +264,11 @@ def job_view(ext: AsyncEndpoints) -> Callable[..., ResponseReturnValue]:
             job = state.manager.cancel(job.id)
         elif "wait" in request.args:
             raw = request.args["wait"]
-            if not raw.isdigit():
+            if _SECONDS_RE.fullmatch(raw) is None:
                 raise InvalidParameterError(
-                    f"wait={raw!r} is not a whole number of seconds."
+                    f"wait={raw[:20]!r} is not a whole number of seconds."
                 )
-            wait = min(int(raw), state.settings.max_wait_seconds)
+            wait = _capped(raw, state.settings.max_wait_seconds)
             if wait > 0 and not job.status.is_finished:
                 job = state.manager.wait_for_end(job.id, wait) or job
         response = job_response(state, job)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import pydantic
 import pytest
@@ -417,3 +418,26 @@ def test_long_poll_answers_when_the_job_ends(
     response = client.get(f"{location}?wait=15")
     assert response.get_json()["status"] == "Completed"
     assert time.monotonic() - began < 10, "the wait did not end with the job"
+
+
+@pytest.mark.parametrize(
+    "path_id",
+    ["{{{0}}}", "urn:uuid:{0}", "{0.hex}"],
+)
+def test_only_the_canonical_job_id_form_is_a_job_url(
+    client: FlaskClient, ae: AsyncEndpoints, echo: None, path_id: str
+) -> None:
+    job_id = uuid.UUID(client.post("/api/acme/echo", json={}).get_json()["id"])
+    assert client.get(f"/jobs/{job_id}").status_code == 200
+    assert client.get(f"/jobs/{str(job_id).upper()}").status_code == 200
+    other_form = quote(path_id.format(job_id), safe=":")
+    assert_problem(client.get(f"/jobs/{other_form}"), 404)
+
+
+def test_a_nan_body_is_400_and_says_why(client: FlaskClient, echo: None) -> None:
+    response = client.post(
+        "/api/acme/echo", data='{"x": NaN}', content_type="application/json"
+    )
+    body = assert_problem(response, 400)
+    assert "handler" not in str(body["detail"])
+    assert "JSON" in str(body["detail"])

@@ -22,13 +22,14 @@ The contract, enforced by ``tests/stores/test_contract.py`` against every backen
 * ``complete``/``fail`` on a job whose cancellation was requested end it Canceled.
   ``fail`` with ``retry_at`` makes the job Scheduled, due then, one retry more;
   without it the job is Failed. Finished jobs expire ``ttl`` seconds after ``now``.
-* ``release`` hands claimed jobs back as Queued, due at once, counting no attempt.
+* ``release`` hands claimed jobs back as Queued, due at once, counting no attempt
+  (a job whose cancellation was requested ends Canceled instead).
 * ``cancel`` ends a waiting job Canceled at once, flags a running one
   (``cancel_requested``), answers a Canceled job as it is, and raises
   :class:`~async_endpoints.errors.JobFinishedError` for a Completed/Failed one and
   :class:`~async_endpoints.errors.JobNotFoundError` for an unknown one.
 * ``recover_expired`` re-claims, for ``owner`` and under fresh tokens, jobs whose
-  lease ended before ``now``; exactly one of several concurrent callers gets each
+  lease ended at or before ``now``; exactly one of several concurrent callers gets each
   one. The caller then fails them through ``fail`` (counted as an attempt).
 * ``retry`` puts a Failed job back as Queued with its retry count reset;
   ``list_jobs``, ``stats`` and ``purge`` serve operators (they may scan every
@@ -122,7 +123,7 @@ class JobStore(Protocol):
         """Record the running job's progress."""
         ...
 
-    def release(self, claims: Sequence[Claim], *, now: float) -> None:
+    def release(self, claims: Sequence[Claim], *, ttl: float, now: float) -> None:
         """Hand claimed jobs back to the queue without counting an attempt."""
         ...
 

@@ -275,7 +275,7 @@ class MemoryStore:
             self._put(dataclasses.replace(job, progress=progress, last_updated_at=now))
             return True
 
-    def release(self, claims: Sequence[Claim], *, now: float) -> None:
+    def release(self, claims: Sequence[Claim], *, ttl: float, now: float) -> None:
         """See :meth:`JobStore.release`."""
         with self._lock:
             for claim in claims:
@@ -283,6 +283,15 @@ class MemoryStore:
                 if job is None:
                     continue
                 self._leases.pop(job.id)
+                if job.cancel_requested:
+                    canceled = dataclasses.replace(
+                        job,
+                        status=JobStatus.CANCELED,
+                        completed_at=now,
+                        last_updated_at=now,
+                    )
+                    self._finish(canceled, ttl, now)
+                    continue
                 self._put(
                     dataclasses.replace(
                         job, status=JobStatus.QUEUED, due_at=now, last_updated_at=now

@@ -201,7 +201,8 @@ def _num(value: float) -> str:
 
 
 def _dump(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    # ASCII only: a lone surrogate ("\ud800" is valid JSON) cannot be UTF-8 encoded.
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _encode_job(job: Job) -> list[str]:
@@ -823,8 +824,9 @@ class RedisStore:
         args = [claim.token, _num(now), _dump_progress(progress)]
         return _int(self._call("report_progress", keys, args)) == 1
 
-    def release(self, claims: Sequence[Claim], *, now: float) -> None:
-        """Hand claimed jobs back as Queued, due at ``now``, counting no attempt.
+    def release(self, claims: Sequence[Claim], *, ttl: float, now: float) -> None:
+        """Hand claimed jobs back as Queued, due at ``now``, counting no attempt
+        (Canceled instead if their cancellation was requested).
 
         Claims no longer held are skipped.
 
@@ -834,7 +836,7 @@ class RedisStore:
             return
         keys = [self._keys.ready, self._keys.claimed, self._keys.wake]
         keys += [self._keys.job(c.job_id) for c in claims]
-        args = [_num(now)]
+        args = [_num(now), _ttl_seconds(ttl), self._keys.ended("")]
         for c in claims:
             args += [str(c.job_id), c.token]
         self._call("release", keys, args)

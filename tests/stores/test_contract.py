@@ -312,7 +312,7 @@ def test_two_concurrent_sweepers_recover_a_job_once(store: JobStore) -> None:
 def test_release_hands_jobs_back_without_counting_an_attempt(store: JobStore) -> None:
     job_id = submit(store)
     claim = claim_one(store)
-    store.release([claim], now=NOW + 5)
+    store.release([claim], ttl=TTL, now=NOW + 5)
     job = store.get(job_id, now=NOW + 5)
     assert job is not None
     assert job.status is JobStatus.QUEUED
@@ -322,7 +322,7 @@ def test_release_hands_jobs_back_without_counting_an_attempt(store: JobStore) ->
     again = claim_one(store, now=NOW + 5)
     assert again.job.attempt == 1
     # Releasing a claim that is no longer held changes nothing.
-    store.release([claim], now=NOW + 6)
+    store.release([claim], ttl=TTL, now=NOW + 6)
     assert status(store, job_id) is JobStatus.IN_PROGRESS
 
 
@@ -558,3 +558,16 @@ def test_stats(store: JobStore) -> None:
     # A worker that stops registering is forgotten after its ttl.
     store.register_worker("w2", ttl=30, now=NOW + 40)
     assert set(store.stats(now=NOW + 40).workers) == {"w2"}
+
+
+def test_releasing_a_job_whose_cancel_was_requested_ends_it(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = claim_one(store)
+    store.cancel(job_id, ttl=TTL, now=NOW + 1)
+    store.release([claim], ttl=TTL, now=NOW + 2)
+    job = store.get(job_id, now=NOW + 2)
+    assert job is not None
+    assert job.status is JobStatus.CANCELED
+    assert job.completed_at == NOW + 2
+    assert store.queue_size() == 0
+    assert store.claim("w", limit=10, lease=LEASE, now=NOW + 100) == []

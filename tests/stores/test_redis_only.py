@@ -97,7 +97,7 @@ def test_a_full_lifecycle_leaves_only_tagged_expected_keys(
         store.cancel(stopped, ttl=TTL, now=NOW)
         store.complete(claim, None, ttl=TTL, now=NOW)
         released = submit(store)
-        store.release(store.claim("w", limit=1, lease=LEASE, now=NOW), now=NOW)
+        store.release(store.claim("w", limit=1, lease=LEASE, now=NOW), ttl=TTL, now=NOW)
         key = Idempotency(key="Echo:-:k1", fingerprint="f", ttl=60)
         once = store.submit(make_job(), max_queue_size=0, idempotency=key, now=NOW)
         again = store.submit(make_job(), max_queue_size=0, idempotency=key, now=NOW)
@@ -106,7 +106,7 @@ def test_a_full_lifecycle_leaves_only_tagged_expected_keys(
         claims = store.claim("w", limit=3, lease=LEASE, now=NOW + 1)
         # The claim takes the earliest: released, then the idempotent job, then running.
         assert {c.job_id for c in claims} == {released, once.id, running}
-        store.release([c for c in claims if c.job_id != running], now=NOW + 2)
+        store.release([c for c in claims if c.job_id != running], ttl=TTL, now=NOW + 2)
 
         keys = {k.decode() for k in real_client.scan_iter("*")}
         jobs = [done, failed, retried, canceled, stopped, released, once.id, running]

@@ -1,30 +1,44 @@
--- release.lua: hand held jobs back to the queue, due at once, counting no attempt.
+-- release.lua: hand held jobs back to the queue, due at once, counting no attempt;
+-- a job whose cancellation was requested ends Canceled instead (its handler was
+-- told to stop and will not report back).
 --
 -- KEYS[1]    the waiting-jobs zset  {prefix}:ready    (released ids added, score = now)
 -- KEYS[2]    the leases zset        {prefix}:claimed  (released ids removed)
--- KEYS[3]    the wake-up list       {prefix}:wake     (one token pushed if any released)
--- KEYS[3+i]  the i-th claimed job's hash  {prefix}:job:<id>  (made Queued)
+-- KEYS[3]    the wake-up list       {prefix}:wake     (one token pushed if any queued)
+-- KEYS[3+i]  the i-th claimed job's hash  {prefix}:job:<id>  (Queued, or Canceled
+--            and EXPIREd)
 --
 -- ARGV[1]      now, epoch seconds (float string)
--- ARGV[2i]     the i-th claim's job id
--- ARGV[2i+1]   the i-th claim's token
+-- ARGV[2]      ttl of a canceled job, whole seconds (integer >= 1)
+-- ARGV[3]      the end-channel prefix {prefix}:ended: (channels, not keys): a
+--              canceled job is PUBLISHed on ARGV[3] .. id
+-- ARGV[2i+2]   the i-th claim's job id
+-- ARGV[2i+3]   the i-th claim's token
 --
 -- Returns the number of jobs released (claims whose token no longer matched
 -- are skipped).
 
-local released = 0
+local released, queued = 0, 0
 for i = 4, #KEYS do
-    local id, token = ARGV[2 * (i - 3)], ARGV[2 * (i - 3) + 1]
-    local held = redis.call('HMGET', KEYS[i], 's', 't')
+    local n = i - 3
+    local id, token = ARGV[2 * n + 2], ARGV[2 * n + 3]
+    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k')
     if held[1] == 'InProgress' and held[2] == token then
-        redis.call('HSET', KEYS[i], 's', 'Queued', 'd', ARGV[1], 'u', ARGV[1])
         redis.call('HDEL', KEYS[i], 't', 'w')
         redis.call('ZREM', KEYS[2], id)
-        redis.call('ZADD', KEYS[1], ARGV[1], id)
+        if held[3] then
+            redis.call('HSET', KEYS[i], 's', 'Canceled', 'e', ARGV[1], 'u', ARGV[1])
+            redis.call('EXPIRE', KEYS[i], ARGV[2])
+            redis.call('PUBLISH', ARGV[3] .. id, 'Canceled')
+        else
+            redis.call('HSET', KEYS[i], 's', 'Queued', 'd', ARGV[1], 'u', ARGV[1])
+            redis.call('ZADD', KEYS[1], ARGV[1], id)
+            queued = queued + 1
+        end
         released = released + 1
     end
 end
-if released > 0 then
+if queued > 0 then
     redis.call('LPUSH', KEYS[3], '1')
     redis.call('LTRIM', KEYS[3], 0, 63)
 end

@@ -56,6 +56,22 @@ EventHook = Callable[..., None]
 
 _BATCH = 1 << 30  # "every due job" for run_due_jobs
 
+#: Headers about the request's transport, meaningless once the body is parsed:
+#: never stored with a job (hop-by-hop headers, and the body's length and type).
+TRANSPORT_HEADERS: frozenset[str] = frozenset(
+    {
+        "connection",
+        "content-length",
+        "content-type",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HandlerSpec:
@@ -129,9 +145,15 @@ class JobManager:
             ) from None
 
     def filter_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
-        """The headers to persist: lower-cased names, credentials removed."""
+        """The headers to persist: lower-cased names, without credentials and
+        without those that only described the request's transport."""
         redacted = self.settings.redacted_headers
-        return {k.lower(): v for k, v in headers.items() if k.lower() not in redacted}
+        kept = {}
+        for name, value in headers.items():
+            lower = name.lower()
+            if lower not in redacted and lower not in TRANSPORT_HEADERS:
+                kept[lower] = value
+        return kept
 
     def submit(
         self,
@@ -320,12 +342,23 @@ class JobManager:
                 if event is not None:
                     event.set()
 
-    def run(self, claim: Claim, cancelled: threading.Event | None = None) -> None:
+    def run(
+        self,
+        claim: Claim,
+        cancelled: threading.Event | None = None,
+        *,
+        then_claim: int = 0,
+        owner: str = "",
+    ) -> list[Claim]:
         """Run the claimed job's handler here and record the outcome.
 
         Never raises for the handler's sake: a failure is recorded on the job.
         A run that takes longer than the job timeout is recorded as a timeout and
         its result discarded.
+
+        :param then_claim: after a success, also claim up to this many due jobs
+            for ``owner`` in the same store round trip.
+        :returns: the jobs claimed that way.
         """
         job = claim.job
         log = logging.LoggerAdapter(
@@ -347,20 +380,28 @@ class JobManager:
                     threading.current_thread() is threading.main_thread()
                 ):
                     raise
-                return
+                return []
             if time.time() - started > self.settings.job_timeout_seconds:
                 self.fail(claim, self.timeout_error(), log=log, started=started)
-                return
+                return []
             now = time.time()
-            if self.store.complete(
-                claim, result, ttl=self.settings.result_ttl_seconds, now=now
-            ):
+            completed, claims = self.store.complete_and_claim(
+                claim,
+                result,
+                ttl=self.settings.result_ttl_seconds,
+                owner=owner,
+                limit=then_claim,
+                lease=self.settings.claim_timeout_seconds,
+                now=now,
+            )
+            if completed:
                 log.debug("job %s completed", job.id)
                 self._emit("succeeded", job, result=result, duration=now - started)
             else:
                 log.warning(
                     "job %s finished after it lost its claim; result discarded", job.id
                 )
+            return claims
         finally:
             current_job.reset(token)
             with self._running_lock:

@@ -159,6 +159,7 @@ class Worker:
 
     def _dispatch(self) -> None:
         failures = 0
+        idle_waits = 0
         store = self.manager.store
         poll = self.manager.settings.poll_interval_seconds
         while not self._stopping.is_set():
@@ -167,8 +168,16 @@ class Worker:
                 break
             try:
                 claims = self.manager.claim(self.owner, free)
+                # Idle: wait, and claim again only when woken or when a known job
+                # falls due, or every tenth quiet wait (in case the process that
+                # knew of a scheduled job died), so an idle process makes about
+                # one Redis call a second.
+                while not claims and not self._stopping.is_set():
+                    if store.wait_for_work(poll) or idle_waits >= 9:
+                        idle_waits = 0
+                        break
+                    idle_waits += 1
                 if not claims:
-                    store.wait_for_work(poll)
                     continue
                 failures = 0
             except Exception:
@@ -195,22 +204,37 @@ class Worker:
             logger.exception("could not hand back %d claimed job(s)", len(claims))
 
     def _serve(self) -> None:
-        while (run := self._queue.get()) is not None:
-            self._execute(run)
+        run = self._queue.get()
+        while run is not None:
+            # A thread that finishes a job claims its next one in the same round
+            # trip as the completion, and runs it without a dispatcher hop.
+            run = self._execute(run) or self._queue.get()
 
-    def _execute(self, run: _Run) -> None:
+    def _execute(self, run: _Run) -> _Run | None:
+        claims: list[Claim] = []
         try:
-            self.manager.run(run.claim, run.cancelled)
+            claims = self.manager.run(
+                run.claim,
+                run.cancelled,
+                then_claim=0 if self._stopping.is_set() else 1,
+                owner=self.owner,
+            )
         except Exception:
             logger.exception(
                 "recording the outcome of job %s failed; its lease will expire and "
                 "it will run again",
                 run.claim.job_id,
             )
-        finally:
-            with self._lock:
-                self._runs.pop(run.claim.job_id, None)
-                self._slot_free.notify_all()
+        with self._lock:
+            self._runs.pop(run.claim.job_id, None)
+            if claims and not self._stopping.is_set():
+                follow = _Run(claim=claims[0])
+                self._runs[follow.claim.job_id] = follow
+                return follow
+            self._slot_free.notify_all()
+        if claims:  # stopped meanwhile: hand them back
+            self._release_quietly(claims)
+        return None
 
     def _housekeep(self) -> None:
         settings = self.manager.settings

@@ -96,3 +96,20 @@ def test_a_50_megabyte_result_fails_the_job_clearly() -> None:
     assert "ASYNC_ENDPOINTS_MAX_RESULT_BYTES" in failed.error.message
     assert fine is not None
     assert fine.result == "ok"
+
+
+def test_transport_headers_are_not_stored() -> None:
+    app = make_app()
+    kept = stored_headers(
+        app,
+        AsyncEndpoints(app),
+        {
+            "Content-Type": "application/json",
+            "Connection": "keep-alive",
+            "X-Trace": "t",
+        },
+    )
+    assert "content-type" not in kept
+    assert "content-length" not in kept
+    assert "connection" not in kept
+    assert "x-trace" in kept

@@ -107,6 +107,24 @@ class JobStore(Protocol):
         """Mark the job Completed with ``result`` (Canceled if cancel was asked)."""
         ...
 
+    def complete_and_claim(
+        self,
+        claim: Claim,
+        result: JSONValue,
+        *,
+        ttl: float,
+        owner: str,
+        limit: int,
+        lease: float,
+        now: float,
+    ) -> tuple[bool, list[Claim]]:
+        """:meth:`complete`, then :meth:`claim` up to ``limit`` jobs for ``owner``;
+        each step atomic, both in one round trip where the store can.
+
+        :returns: whether the completion applied, and the new claims.
+        """
+        ...
+
     def fail(
         self,
         claim: Claim,
@@ -171,10 +189,12 @@ class JobStore(Protocol):
         """How many jobs wait (Queued + Scheduled)."""
         ...
 
-    def wait_for_work(self, timeout: float) -> None:
+    def wait_for_work(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds, or until new work may be due.
 
-        Spurious wake-ups are allowed; callers claim and wait again.
+        Returns ``False`` only when the whole timeout passed with no wake-up and
+        no waiting job falling due, so that an idle caller may skip a claim.
+        Spurious wake-ups (``True``) are allowed; callers claim and wait again.
         """
         ...
 

@@ -220,6 +220,21 @@ class MemoryStore:
             self._finish(done, ttl, now)
             return True
 
+    def complete_and_claim(
+        self,
+        claim: Claim,
+        result: JSONValue,
+        *,
+        ttl: float,
+        owner: str,
+        limit: int,
+        lease: float,
+        now: float,
+    ) -> tuple[bool, list[Claim]]:
+        """See :meth:`JobStore.complete_and_claim`."""
+        done = self.complete(claim, result, ttl=ttl, now=now)
+        return done, self.claim(owner, limit=limit, lease=lease, now=now)
+
     def fail(
         self,
         claim: Claim,
@@ -425,16 +440,22 @@ class MemoryStore:
         with self._lock:
             return self._waiting
 
-    def wait_for_work(self, timeout: float) -> None:
+    def wait_for_work(self, timeout: float) -> bool:
         """See :meth:`JobStore.wait_for_work`.
 
         Wakes on any change, or when the earliest scheduled job falls due.
         """
         with self._lock:
+            due_first = False
             if self._ready:
-                timeout = min(timeout, max(0.0, self._ready[0][0] - time.time()))
+                until_due = max(0.0, self._ready[0][0] - time.time())
+                due_first = until_due <= timeout
+                timeout = min(timeout, until_due)
             generation = self._generation
-            self._changed.wait_for(lambda: self._generation != generation, timeout)
+            changed = self._changed.wait_for(
+                lambda: self._generation != generation, timeout
+            )
+            return changed or due_first
 
     def wait_for_end(self, job_id: UUID, timeout: float) -> None:
         """See :meth:`JobStore.wait_for_end`."""

@@ -721,10 +721,17 @@ class RedisStore:
         """
         if limit <= 0:
             return []
-        lease_until = now + lease
+        keys, args = self._claim_call(owner, limit, now + lease, now)
+        return self._claimed(self._call("claim", keys, args), now + lease)
+
+    def _claim_call(
+        self, owner: str, limit: int, lease_until: float, now: float
+    ) -> tuple[list[str], list[str]]:
         args = [_num(now), str(limit), _num(lease_until), uuid.uuid4().hex, owner]
-        keys = [self._keys.ready, self._keys.claimed, self._keys.job_prefix]
-        reply = _list(self._call("claim", keys, args))
+        return [self._keys.ready, self._keys.claimed, self._keys.job_prefix], args
+
+    def _claimed(self, raw: _Reply, lease_until: float) -> list[Claim]:
+        reply = _list(raw)
         next_due = _str(reply[0])
         self._next_due = float(next_due) if next_due else None
         return _decode_claims(reply[1:], lease_until)
@@ -767,11 +774,73 @@ class RedisStore:
         :returns: whether the claim was still held (and the job finished).
         :raises StoreUnavailableError: Redis cannot be reached.
         """
+        keys, args = self._complete_call(claim, result, ttl, now)
+        return _int(self._call("complete", keys, args)) == 1
+
+    def _complete_call(
+        self, claim: Claim, result: JSONValue, ttl: float, now: float
+    ) -> tuple[list[str], list[str]]:
         keys = [self._keys.job(claim.job_id), self._keys.ready, self._keys.claimed]
         encoded = "" if result is None else _dump(result)
         args = [str(claim.job_id), claim.token, _num(now), encoded, _ttl_seconds(ttl)]
-        args.append(self._keys.ended(claim.job_id))
-        return _int(self._call("complete", keys, args)) == 1
+        return keys, [*args, self._keys.ended(claim.job_id)]
+
+    def complete_and_claim(
+        self,
+        claim: Claim,
+        result: JSONValue,
+        *,
+        ttl: float,
+        owner: str,
+        limit: int,
+        lease: float,
+        now: float,
+    ) -> tuple[bool, list[Claim]]:
+        """:meth:`complete`, then :meth:`claim`, in one round trip (a pipeline of
+        the two scripts; each is atomic, the pair need not be).
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        if limit <= 0:
+            return self.complete(claim, result, ttl=ttl, now=now), []
+        with self._translate_errors():
+            client = self._redis()
+        if isinstance(client, redis.cluster.RedisCluster):
+            done = self.complete(claim, result, ttl=ttl, now=now)
+            return done, self.claim(owner, limit=limit, lease=lease, now=now)
+        complete_keys, complete_args = self._complete_call(claim, result, ttl, now)
+        claim_keys, claim_args = self._claim_call(owner, limit, now + lease, now)
+        calls: list[tuple[_ScriptName, list[str], list[str]]] = [
+            ("complete", complete_keys, complete_args),
+            ("claim", claim_keys, claim_args),
+        ]
+        completed, claimed = self._pipeline(client, calls)
+        return _int(completed) == 1, self._claimed(claimed, now + lease)
+
+    def _pipeline(
+        self, client: _Client, calls: Sequence[tuple[_ScriptName, list[str], list[str]]]
+    ) -> list[_Reply]:
+        """Several scripts in one round trip.
+
+        A script the server does not have (``NOSCRIPT``: first use, a flush, a
+        failover) is run again on its own, which loads it; the others' replies
+        stand, since each script is atomic and already ran.
+        """
+        with self._translate_errors():
+            pipe = client.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            raw: list[object] = pipe.execute(raise_on_error=False)
+        replies: list[_Reply] = []
+        for (name, keys, args), reply in zip(calls, raw, strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                replies.append(self._call(name, keys, args))
+                continue
+            if isinstance(reply, Exception):
+                with self._translate_errors():
+                    raise reply
+            replies.append(_plain(reply))
+        return replies
 
     def fail(
         self,
@@ -1002,7 +1071,7 @@ class RedisStore:
         with self._translate_errors():
             return int(self._redis().zcard(self._keys.ready))
 
-    def wait_for_work(self, timeout: float) -> None:
+    def wait_for_work(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds, or until new work may be due.
 
         Blocks in ``BLPOP`` on the wake-up list (pushed by submit, retry and
@@ -1010,14 +1079,19 @@ class RedisStore:
         :meth:`claim` saw falls due. :meth:`close` cuts the wait short. On a
         Cluster it blocks on the node that holds the prefix's slot.
 
+        :returns: ``False`` when the whole timeout passed with no wake-up and no
+            known job falling due (claiming now would find nothing new).
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         if self._closed.is_set():
-            return
+            return True
         seconds = timeout
-        next_due, self._next_due = self._next_due, None
-        if next_due is not None:
-            seconds = min(seconds, next_due - time.time())
+        next_due = self._next_due
+        due_first = next_due is not None and next_due - time.time() <= timeout
+        if due_first:
+            assert next_due is not None
+            self._next_due = None  # one wait uses it up: the claim after it renews it
+            seconds = next_due - time.time()
         with self._translate_errors():
             pool = self._wake_pool()
         socket_timeout = pool.connection_kwargs.get("socket_timeout")
@@ -1027,15 +1101,16 @@ class RedisStore:
         seconds = max(seconds, _MIN_BLOCK)
         with self._translate_errors():
             connection = self._checkout(pool)
+        woken = True
         try:
             with self._lock:
                 self._blocked.add(connection)
             if self._closed.is_set():
-                return
+                return True
             with self._translate_errors():
                 connection.send_command("BLPOP", self._keys.wake, seconds)
                 try:
-                    connection.read_response()
+                    woken = connection.read_response() is not None or due_first
                 except redis.exceptions.AskError:
                     # MOVED or ASK: the slot is moving to another Cluster node. The
                     # next command through the Cluster client learns where it went,
@@ -1049,6 +1124,7 @@ class RedisStore:
             with self._lock:
                 self._blocked.discard(connection)
             pool.release(connection)
+        return woken
 
     def _wake_pool(self) -> Any:
         """The connection pool of the server that holds the wake-up list."""

@@ -455,7 +455,7 @@ def test_wait_for_work_wakes_on_a_submission(store: JobStore) -> None:
     woke = threading.Event()
 
     def waiter() -> None:
-        store.wait_for_work(20.0)
+        assert store.wait_for_work(20.0)
         woke.set()
 
     thread = threading.Thread(target=waiter)
@@ -571,3 +571,40 @@ def test_releasing_a_job_whose_cancel_was_requested_ends_it(store: JobStore) -> 
     assert job.completed_at == NOW + 2
     assert store.queue_size() == 0
     assert store.claim("w", limit=10, lease=LEASE, now=NOW + 100) == []
+
+
+def test_a_quiet_wait_for_work_says_so(store: JobStore) -> None:
+    assert store.wait_for_work(0.05) is False
+
+
+def test_wait_for_work_returns_when_a_known_job_falls_due(store: JobStore) -> None:
+    due = time.time() + 0.3
+    submit(store, now=due)
+    store.wait_for_work(0.01)  # takes the submission's wake-up, if any
+    assert store.claim("w", limit=1, lease=LEASE, now=time.time()) == []
+    began = time.monotonic()
+    assert store.wait_for_work(20.0) is True
+    assert time.monotonic() - began < 10
+    assert len(store.claim("w", limit=1, lease=LEASE, now=max(due, time.time()))) == 1
+
+
+def test_complete_and_claim_finishes_one_and_takes_the_next(store: JobStore) -> None:
+    first = submit(store, now=NOW)
+    second = submit(store, now=NOW + 1)
+    claim = claim_one(store, now=NOW + 2)
+    assert claim.job_id == first
+    done, claims = store.complete_and_claim(
+        claim, {"ok": 1}, ttl=TTL, owner="w1", limit=5, lease=LEASE, now=NOW + 3
+    )
+    assert done
+    assert [c.job_id for c in claims] == [second]
+    assert claims[0].job.started_at == NOW + 3
+    assert status(store, first) is JobStatus.COMPLETED
+    assert status(store, second) is JobStatus.IN_PROGRESS
+    # A stale completion is refused, and the claim still happens.
+    third = submit(store, now=NOW + 4)
+    done, claims = store.complete_and_claim(
+        claim, "late", ttl=TTL, owner="w1", limit=1, lease=LEASE, now=NOW + 5
+    )
+    assert not done
+    assert [c.job_id for c in claims] == [third]

@@ -380,3 +380,17 @@ def test_tokens_of_one_claim_are_unique() -> None:
     finally:
         store.close()
         client.close()
+
+
+def test_pipelined_scripts_survive_a_script_flush(
+    real_store: RedisStore, real_client: redis.Redis
+) -> None:
+    for n in range(2):
+        real_store.submit(make_job(now=NOW + n), max_queue_size=0, now=NOW + n)
+    (claim,) = real_store.claim("w", limit=1, lease=LEASE, now=NOW + 2)
+    real_client.script_flush()
+    done, claims = real_store.complete_and_claim(
+        claim, 1, ttl=TTL, owner="w", limit=1, lease=LEASE, now=NOW + 3
+    )
+    assert done
+    assert len(claims) == 1

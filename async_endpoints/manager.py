@@ -165,8 +165,12 @@ class JobManager:
         query_params: Mapping[str, list[str]] | None = None,
         owner: str | None = None,
         idempotency_key: str | None = None,
+        payload_is_json: bool = False,
     ) -> Job:
         """Queue a job for the handler ``name``; return it (or the idempotent twin).
+
+        :param payload_is_json: the payload came from a strict JSON parser, so it
+            need not be converted and checked again.
 
         :raises QueueFullError: the queue is full.
         :raises IdempotencyConflictError: the key was used with another request.
@@ -174,7 +178,7 @@ class JobManager:
         """
         spec = self.spec(name)
         try:
-            body = to_json(payload)
+            body = payload if payload_is_json else to_json(payload)
         except TypeError as exc:
             reason = exc.__cause__ or exc  # json's own words, e.g. about NaN
             raise InvalidRequestError(

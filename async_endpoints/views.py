@@ -109,17 +109,21 @@ def problems(view: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def job_response(state: _AppState, job: Job, status: int = 200) -> Response:
-    """The job JSON with ``Location`` and, while pending, ``Retry-After``."""
+def job_response(
+    state: _AppState, job: Job, status: int = 200, *extra: tuple[str, str]
+) -> Response:
+    """The job JSON with ``Location``, while pending ``Retry-After``, and ``extra``
+    headers."""
     body = job.to_dict(expose_traceback=state.settings.expose_tracebacks)
-    response = Response(json.dumps(body), status=status, mimetype="application/json")
-    response.headers["Location"] = jobs_location(state, job)
+    headers = [("Location", jobs_location(state, job)), *extra]
     if not job.status.is_finished:
         wait = 1.0
         if job.due_at is not None and job.status.is_waiting:
             wait = max(1.0, job.due_at - time.time())
-        response.headers["Retry-After"] = str(retry_after_seconds(wait))
-    return response
+        headers.append(("Retry-After", str(retry_after_seconds(wait))))
+    return Response(
+        json.dumps(body), status=status, headers=headers, mimetype="application/json"
+    )
 
 
 def jobs_location(state: _AppState, job: Job) -> str:
@@ -143,17 +147,25 @@ def read_body() -> Any:
             "with 'Content-Type: application/json'."
         )
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"The body is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidRequestError("The body's JSON is nested too deeply.") from None
 
 
+def _no_constants(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259), though Python's parser takes them.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def request_headers() -> dict[str, str]:
-    """The request's headers, repeated ones joined with ``", "``."""
-    names = {name.lower() for name in request.headers.keys()}  # noqa: SIM118
-    return {name: ", ".join(request.headers.getlist(name)) for name in names}
+    """The request's headers by lower-case name, repeated ones joined with ``", "``."""
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        lower = name.lower()
+        headers[lower] = f"{headers[lower]}, {value}" if lower in headers else value
+    return headers
 
 
 def wait_seconds(value: str | None, cap: float) -> int | None:
@@ -187,9 +199,7 @@ def submit_view(
         query = request.args.to_dict(flat=False)
         route = {k: str(v) for k, v in route_params.items()}
         owner = ext._current_owner()
-        key = request.headers.get("Idempotency-Key") or request.headers.get(
-            "Async-Job-Id"
-        )
+        key = headers.get("idempotency-key") or headers.get("async-job-id")
         job = None
         if key is not None:
             job = state.manager.find_idempotent(
@@ -217,6 +227,7 @@ def submit_view(
             job = state.manager.submit(
                 spec.name,
                 payload,
+                payload_is_json=True,
                 headers=headers,
                 route_params=route,
                 query_params=query,
@@ -224,18 +235,15 @@ def submit_view(
                 idempotency_key=key,
             )
         ext._ensure_worker(state)
-        wait = wait_seconds(
-            request.headers.get("Prefer"), state.settings.max_wait_seconds
-        )
+        wait = wait_seconds(headers.get("prefer"), state.settings.max_wait_seconds)
+        extra = [("Vary", "Prefer")]
         status = 202
         if wait:
             waited = state.manager.wait_for_end(job.id, wait)
             if waited is not None and waited.status.is_finished:
                 job, status = waited, 200
-        response = job_response(state, job, status)
-        response.vary.add("Prefer")
-        if status == 200:
-            response.headers["Preference-Applied"] = f"wait={wait}"
+                extra.append(("Preference-Applied", f"wait={wait}"))
+        response = job_response(state, job, status, *extra)
         if ext._submitted_response is not None:
             return ext._submitted_response(job, response)
         return response

@@ -665,7 +665,9 @@ class RedisStore:
                 "This Idempotency-Key was already used with a different request; "
                 "send a new key for a new request."
             )
-        return _decode_job(_str(reply[1]), reply[2])
+        if code == 1:
+            return _decode_job(_str(reply[1]), reply[2])
+        return stored
 
     def find_idempotent(self, idempotency: Idempotency, *, now: float) -> Job | None:
         """The live job that ``idempotency.key`` made, or ``None``.

@@ -15,9 +15,9 @@
 -- ARGV[5]  the idempotency ttl, milliseconds (integer; '' without KEYS[4])
 -- ARGV[6..] the job hash as field, value, field, value ...
 --
--- Returns {code, id, fields}: code 0 = created, 1 = an idempotent repeat (the
--- existing job), -1 = queue full, -2 = idempotency conflict (then only {code});
--- fields is the job hash, HGETALL-style.
+-- Returns {0} when created (the caller has the job already), {1, id, fields}
+-- for an idempotent repeat (the existing job, its hash HGETALL-style), {-1} when
+-- the queue is full, {-2} on an idempotency conflict.
 
 if KEYS[4] then
     local known = redis.call('GET', KEYS[4])
@@ -45,4 +45,4 @@ if KEYS[4] then
 end
 redis.call('LPUSH', KEYS[3], '1')
 redis.call('LTRIM', KEYS[3], 0, 63)
-return {0, ARGV[3], redis.call('HGETALL', KEYS[1])}
+return {0}

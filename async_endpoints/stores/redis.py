@@ -58,7 +58,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias, get_args
 from urllib.parse import quote, urlsplit
 
 import redis
@@ -109,20 +109,7 @@ _ScriptName: TypeAlias = Literal[
     "register_worker",
     "purge",
 ]
-_SCRIPT_NAMES: Final[tuple[_ScriptName, ...]] = (
-    "submit",
-    "claim",
-    "heartbeat",
-    "complete",
-    "fail",
-    "report_progress",
-    "release",
-    "cancel",
-    "recover_expired",
-    "retry",
-    "register_worker",
-    "purge",
-)
+_SCRIPT_NAMES: Final[tuple[_ScriptName, ...]] = get_args(_ScriptName)
 _CLUSTER_SCHEME: Final = "redis+cluster://"
 _SENTINEL_SCHEME: Final = "redis+sentinel://"
 _SCHEMES: Final = (

@@ -353,7 +353,7 @@ class JobManager:
         *,
         then_claim: int = 0,
         owner: str = "",
-    ) -> list[Claim]:
+    ) -> list[Claim] | None:
         """Run the claimed job's handler here and record the outcome.
 
         Never raises for the handler's sake: a failure is recorded on the job.
@@ -362,7 +362,8 @@ class JobManager:
 
         :param then_claim: after a success, also claim up to this many due jobs
             for ``owner`` in the same store round trip.
-        :returns: the jobs claimed that way.
+        :returns: the jobs claimed that way, or ``None`` if no claim was tried
+            (``then_claim`` was 0, or the run did not succeed).
         """
         job = claim.job
         log = logging.LoggerAdapter(
@@ -384,10 +385,10 @@ class JobManager:
                     threading.current_thread() is threading.main_thread()
                 ):
                     raise
-                return []
+                return None
             if time.time() - started > self.settings.job_timeout_seconds:
                 self.fail(claim, self.timeout_error(), log=log, started=started)
-                return []
+                return None
             now = time.time()
             completed, claims = self.store.complete_and_claim(
                 claim,
@@ -405,7 +406,7 @@ class JobManager:
                 log.warning(
                     "job %s finished after it lost its claim; result discarded", job.id
                 )
-            return claims
+            return claims if then_claim > 0 else None
         finally:
             current_job.reset(token)
             with self._running_lock:

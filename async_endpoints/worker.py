@@ -57,6 +57,9 @@ class Worker:
         self._runs: dict[UUID, _Run] = {}
         self._stopping = threading.Event()
         self._hurry = threading.Event()
+        # Set by a handler thread whose follow-up claim found nothing due: the
+        # dispatcher then waits for a wake-up instead of claiming in vain.
+        self._drained = False
         # Daemon threads, not a ThreadPoolExecutor: the interpreter joins an
         # executor's threads at exit, so one stuck handler would keep a gunicorn
         # worker (or the CLI worker) alive past its shutdown grace period.
@@ -167,7 +170,8 @@ class Worker:
             if self._stopping.is_set():
                 break
             try:
-                claims = self.manager.claim(self.owner, free)
+                drained, self._drained = self._drained, False
+                claims = [] if drained else self.manager.claim(self.owner, free)
                 # Idle: wait, and claim again only when woken or when a known job
                 # falls due, or every tenth quiet wait (in case the process that
                 # knew of a scheduled job died), so an idle process makes about
@@ -211,7 +215,7 @@ class Worker:
             run = self._execute(run) or self._queue.get()
 
     def _execute(self, run: _Run) -> _Run | None:
-        claims: list[Claim] = []
+        claims: list[Claim] | None = None
         try:
             claims = self.manager.run(
                 run.claim,
@@ -231,6 +235,7 @@ class Worker:
                 follow = _Run(claim=claims[0])
                 self._runs[follow.claim.job_id] = follow
                 return follow
+            self._drained = claims == []  # a follow-up claim found nothing due
             self._slot_free.notify_all()
         if claims:  # stopped meanwhile: hand them back
             self._release_quietly(claims)

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: example test check venv clean
+.PHONY: example test check venv clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,15 @@ test: venv  ## lint, type-check and run every test (starts its own redis-server)
 	$(BIN)/ruff check async_endpoints tests examples
 	$(BIN)/mypy async_endpoints
 	$(BIN)/python -m pytest
+
+bench: venv  ## compare with bare Flask, RQ and Celery; writes bench/results/latest.* (BENCH_ARGS=--quick for a smoke run)
+	@command -v redis-server >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    echo "installing redis-server and wrk" && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk >/dev/null; } || \
+	  echo "could not install redis-server/wrk (without wrk the bundled Python load generator is used)"
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -154,11 +154,16 @@ class Worker:
 
     # -- threads -----------------------------------------------------------------
 
-    def _free_slots(self) -> int:
+    def _free_slots(self) -> tuple[int, bool]:
+        """Free handler threads, once there is one; and whether the thread that
+        freed it found nothing due (then a claim now would come back empty)."""
         with self._lock:
+            waited = False
             while len(self._runs) >= self._concurrency and not self._stopping.is_set():
+                waited = True
                 self._slot_free.wait(1.0)
-            return self._concurrency - len(self._runs)
+            drained, self._drained = waited and self._drained, False
+            return self._concurrency - len(self._runs), drained
 
     def _dispatch(self) -> None:
         failures = 0
@@ -166,11 +171,10 @@ class Worker:
         store = self.manager.store
         poll = self.manager.settings.poll_interval_seconds
         while not self._stopping.is_set():
-            free = self._free_slots()
+            free, drained = self._free_slots()
             if self._stopping.is_set():
                 break
             try:
-                drained, self._drained = self._drained, False
                 claims = [] if drained else self.manager.claim(self.owner, free)
                 # Idle: wait, and claim again only when woken or when a known job
                 # falls due, or every tenth quiet wait (in case the process that
@@ -179,6 +183,10 @@ class Worker:
                 while not claims and not self._stopping.is_set():
                     if store.wait_for_work(poll) or idle_waits >= 9:
                         idle_waits = 0
+                        if self._stopping.is_set():
+                            # Stopped while waiting: the wake-up may have been
+                            # meant for a job; pass it on to another worker.
+                            store.notify()
                         break
                     idle_waits += 1
                 if not claims:

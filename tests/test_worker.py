@@ -6,10 +6,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import redis
 from flask import Flask
 
 from async_endpoints import AsyncContext, AsyncEndpoints, JobStatus
-from tests.conftest import wait_until
+from tests.conftest import RedisServer, wait_until
 
 
 @pytest.fixture
@@ -250,3 +251,36 @@ def test_no_worker_when_start_worker_is_false(app: Flask, ae: AsyncEndpoints) ->
     with app.app_context():
         assert ae._state().worker is None
         assert ae._state().store.queue_size() == 1
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("threads", [1, 2])
+def test_jobs_one_at_a_time_are_each_picked_up_at_once_on_redis(
+    redis_server: RedisServer, threads: int
+) -> None:
+    """A wake-up consumed by one claim must not be lost by the next: with a 30 s
+    poll, every job of a trickle still starts at once."""
+    redis.Redis.from_url(redis_server.url).flushdb()
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_STORE_URL=redis_server.url,
+        ASYNC_ENDPOINTS_MAX_CONCURRENCY=threads,
+        ASYNC_ENDPOINTS_POLL_INTERVAL_SECONDS=30,
+    )
+    ae = AsyncEndpoints(app)
+
+    @ae.post("/echo", name="Echo")
+    def echo(ctx: AsyncContext) -> object:
+        return ctx.request
+
+    client = app.test_client()
+    try:
+        for n in range(6):
+            job_id = client.post("/echo", json=n).get_json()["id"]
+            wait_until(
+                lambda j=job_id: status_of(app, ae, j) is JobStatus.COMPLETED,
+                5,
+                f"job {n} of a trickle",
+            )
+    finally:
+        ae.shutdown(grace=0)

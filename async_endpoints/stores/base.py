@@ -198,6 +198,11 @@ class JobStore(Protocol):
         """
         ...
 
+    def notify(self) -> None:
+        """Wake one waiter of :meth:`wait_for_work` (in any process): hands on a
+        wake-up that its receiver could not use."""
+        ...
+
     def wait_for_end(self, job_id: UUID, timeout: float) -> None:
         """Block up to ``timeout`` seconds, or until the job may have ended."""
         ...

@@ -57,6 +57,7 @@ class MemoryStore:
         self._idempotency: dict[str, tuple[UUID, str, float]] = {}
         self._seq = 0
         self._workers: dict[str, float] = {}
+        self._notified = 0
         self._waiting = 0
         self._generation = 0
 
@@ -446,6 +447,9 @@ class MemoryStore:
         Wakes on any change, or when the earliest scheduled job falls due.
         """
         with self._lock:
+            if self._notified:
+                self._notified -= 1
+                return True
             due_first = False
             if self._ready:
                 until_due = max(0.0, self._ready[0][0] - time.time())
@@ -456,6 +460,13 @@ class MemoryStore:
                 lambda: self._generation != generation, timeout
             )
             return changed or due_first
+
+    def notify(self) -> None:
+        """See :meth:`JobStore.notify`."""
+        with self._lock:
+            self._notified += 1  # kept until a waiter takes it, like Redis's token
+            self._generation += 1
+            self._changed.notify_all()
 
     def wait_for_end(self, job_id: UUID, timeout: float) -> None:
         """See :meth:`JobStore.wait_for_end`."""

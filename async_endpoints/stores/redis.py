@@ -1133,6 +1133,17 @@ class RedisStore:
             connection = pool.get_connection("BLPOP")
         return connection
 
+    def notify(self) -> None:
+        """Push one wake-up token, for one waiter of :meth:`wait_for_work`.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        with self._translate_errors():
+            pipe = self._redis().pipeline(transaction=False)
+            pipe.lpush(self._keys.wake, "1")
+            pipe.ltrim(self._keys.wake, 0, 63)
+            pipe.execute()
+
     def wait_for_end(self, job_id: uuid.UUID, timeout: float) -> None:
         """Block up to ``timeout`` seconds, or until the job has ended or is gone.
 

@@ -608,3 +608,11 @@ def test_complete_and_claim_finishes_one_and_takes_the_next(store: JobStore) -> 
     )
     assert not done
     assert [c.job_id for c in claims] == [third]
+
+
+def test_notify_wakes_a_waiter(store: JobStore) -> None:
+    store.wait_for_work(0.01)  # drop any earlier wake-up
+    store.notify()
+    began = time.monotonic()
+    assert store.wait_for_work(20.0) is True
+    assert time.monotonic() - began < 10

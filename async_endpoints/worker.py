@@ -168,6 +168,7 @@ class Worker:
     def _dispatch(self) -> None:
         failures = 0
         idle_waits = 0
+        short = False  # the last claim got fewer jobs than asked: none is due
         store = self.manager.store
         poll = self.manager.settings.poll_interval_seconds
         while not self._stopping.is_set():
@@ -175,7 +176,9 @@ class Worker:
             if self._stopping.is_set():
                 break
             try:
-                claims = [] if drained else self.manager.claim(self.owner, free)
+                skip = drained or short
+                claims = [] if skip else self.manager.claim(self.owner, free)
+                short = False
                 # Idle: wait, and claim again only when woken or when a known job
                 # falls due, or every tenth quiet wait (in case the process that
                 # knew of a scheduled job died), so an idle process makes about
@@ -208,6 +211,7 @@ class Worker:
                     self._runs[run.claim.job_id] = run
             for run in runs:
                 self._queue.put(run)
+            short = len(claims) < free
 
     def _release_quietly(self, claims: list[Claim]) -> None:
         try:

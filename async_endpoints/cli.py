@@ -30,11 +30,20 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def _manager() -> JobManager:
     from async_endpoints.extension import AsyncEndpoints
+    from async_endpoints.stores.memory import MemoryStore
 
     ext = current_app.extensions.get("async_endpoints")
     if not isinstance(ext, AsyncEndpoints):
         raise click.ClickException("This app has no AsyncEndpoints extension.")
-    return ext._state().manager
+    manager = ext._state().manager
+    if isinstance(manager.store, MemoryStore):
+        click.echo(
+            "warning: this app uses the memory:// store, which lives in one process: "
+            "this command sees only its own jobs, not those of a running server. "
+            "Set ASYNC_ENDPOINTS_STORE_URL to a redis:// URL to manage a deployment.",
+            err=True,
+        )
+    return manager
 
 
 def _status(value: str) -> JobStatus:

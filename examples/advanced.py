@@ -7,6 +7,9 @@ Try:
          -H 'Idempotency-Key: r-1' -H 'Prefer: wait=5' \\
          -H 'Content-Type: application/json' -d '{"pages": 3}'
     curl -s localhost:5001/metrics | grep async_endpoints
+
+With a shared store (ASYNC_ENDPOINTS_STORE_URL=redis://... in the environment of both
+processes), the CLI sees the server's jobs too:
     flask --app examples/advanced.py async-endpoints stats
 """
 

@@ -29,8 +29,9 @@ def handlers(ae: AsyncEndpoints) -> None:
 
 
 def invoke(app: Flask, *args: str) -> tuple[int, str]:
+    """Exit code, and what the command printed: stdout, or stderr if it failed."""
     result = app.test_cli_runner().invoke(args=["async-endpoints", *args])
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
 def test_jobs_lists_newest_first_and_filters(
@@ -124,3 +125,12 @@ def test_purge(app: Flask, ae: AsyncEndpoints, handlers: None) -> None:
     code, out = invoke(app, "purge", "--status", "Failed", "--older-than", "soon")
     assert code != 0
     assert "duration" in out
+
+
+def test_the_memory_store_warns_that_it_sees_only_its_own_jobs(
+    app: Flask, ae: AsyncEndpoints, handlers: None, store_kind: str
+) -> None:
+    result = app.test_cli_runner().invoke(args=["async-endpoints", "stats"])
+    assert result.exit_code == 0
+    warned = "memory:// store" in result.output
+    assert warned is (store_kind == "memory")

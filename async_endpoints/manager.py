@@ -351,7 +351,7 @@ class JobManager:
         claim: Claim,
         cancelled: threading.Event | None = None,
         *,
-        then_claim: int = 0,
+        then_claim: int | Callable[[], int] = 0,
         owner: str = "",
     ) -> list[Claim] | None:
         """Run the claimed job's handler here and record the outcome.
@@ -361,7 +361,8 @@ class JobManager:
         its result discarded.
 
         :param then_claim: after a success, also claim up to this many due jobs
-            for ``owner`` in the same store round trip.
+            for ``owner`` in the same store round trip (a callable is asked at
+            completion time).
         :returns: the jobs claimed that way, or ``None`` if no claim was tried
             (``then_claim`` was 0, or the run did not succeed).
         """
@@ -390,12 +391,13 @@ class JobManager:
                 self.fail(claim, self.timeout_error(), log=log, started=started)
                 return None
             now = time.time()
+            limit = then_claim() if callable(then_claim) else then_claim
             completed, claims = self.store.complete_and_claim(
                 claim,
                 result,
                 ttl=self.settings.result_ttl_seconds,
                 owner=owner,
-                limit=then_claim,
+                limit=limit,
                 lease=self.settings.claim_timeout_seconds,
                 now=now,
             )
@@ -406,7 +408,7 @@ class JobManager:
                 log.warning(
                     "job %s finished after it lost its claim; result discarded", job.id
                 )
-            return claims if then_claim > 0 else None
+            return claims if limit > 0 else None
         finally:
             current_job.reset(token)
             with self._running_lock:

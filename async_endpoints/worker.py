@@ -16,7 +16,6 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from uuid import UUID
 
 import tenacity
 
@@ -54,7 +53,10 @@ class Worker:
         self._concurrency = settings.max_concurrency
         self._lock = threading.Lock()
         self._slot_free = threading.Condition(self._lock)
-        self._runs: dict[UUID, _Run] = {}
+        # By claim token: a job can be run here twice at once (a timed-out run
+        # still executing, and its retry), and each run holds a thread.
+        self._runs: dict[str, _Run] = {}
+        self._claiming = False  # the dispatcher has a claim in flight
         self._stopping = threading.Event()
         self._hurry = threading.Event()
         # Set by a handler thread whose follow-up claim found nothing due: the
@@ -89,7 +91,7 @@ class Worker:
     def held_claims(self) -> list[Claim]:
         """The claims of the jobs running now."""
         with self._lock:
-            return [run.claim for run in self._runs.values()]
+            return [run.claim for run in self._runs.values() if not run.timed_out]
 
     def start(self) -> None:
         """Start the dispatcher and housekeeping threads (once)."""
@@ -119,7 +121,9 @@ class Worker:
         deadline = time.monotonic() + grace
         with self._lock:
             while (
-                self._runs and time.monotonic() < deadline and not self._hurry.is_set()
+                (self._runs or self._claiming)
+                and time.monotonic() < deadline
+                and not self._hurry.is_set()
             ):
                 # Short slices, so that hurry() (e.g. from a signal handler) is seen.
                 self._slot_free.wait(min(0.1, max(0.0, deadline - time.monotonic())))
@@ -177,7 +181,15 @@ class Worker:
                 break
             try:
                 skip = drained or short
-                claims = [] if skip else self.manager.claim(self.owner, free)
+                claims = []
+                if not skip:
+                    with self._lock:
+                        self._claiming = True
+                    claims = self.manager.claim(self.owner, free)
+                    if not claims:
+                        with self._lock:
+                            self._claiming = False
+                            self._slot_free.notify_all()
                 short = False
                 # Idle: wait, and claim again only when woken or when a known job
                 # falls due, or every tenth quiet wait (in case the process that
@@ -196,6 +208,8 @@ class Worker:
                     continue
                 failures = 0
             except Exception:
+                with self._lock:
+                    self._claiming = False
                 failures += 1
                 delay = _backoff(failures)
                 logger.exception("claiming jobs failed; retrying in %.1f s", delay)
@@ -203,12 +217,16 @@ class Worker:
                 continue
             with self._lock:
                 if self._stopping.is_set():
-                    # Stopped between claim and start: hand them back.
+                    # Stopped between claim and start: hand them back (stop()
+                    # waits for this, as it is still marked as claiming).
                     self._release_quietly(claims)
+                    self._claiming = False
+                    self._slot_free.notify_all()
                     break
                 runs = [_Run(claim=claim) for claim in claims]
                 for run in runs:
-                    self._runs[run.claim.job_id] = run
+                    self._runs[run.claim.token] = run
+                self._claiming = False
             for run in runs:
                 self._queue.put(run)
             short = len(claims) < free
@@ -232,7 +250,8 @@ class Worker:
             claims = self.manager.run(
                 run.claim,
                 run.cancelled,
-                then_claim=0 if self._stopping.is_set() else 1,
+                # Decided at completion time: no follow-up once stop() began.
+                then_claim=lambda: 0 if self._stopping.is_set() else 1,
                 owner=self.owner,
             )
         except Exception:
@@ -242,15 +261,19 @@ class Worker:
                 run.claim.job_id,
             )
         with self._lock:
-            self._runs.pop(run.claim.job_id, None)
             if claims and not self._stopping.is_set():
+                del self._runs[run.claim.token]
                 follow = _Run(claim=claims[0])
-                self._runs[follow.claim.job_id] = follow
+                self._runs[follow.claim.token] = follow
                 return follow
+        if claims:
+            # Stopped meanwhile: hand them back before this run leaves _runs,
+            # so that stop() does not return before the hand-back.
+            self._release_quietly(claims)
+        with self._lock:
+            self._runs.pop(run.claim.token, None)
             self._drained = claims == []  # a follow-up claim found nothing due
             self._slot_free.notify_all()
-        if claims:  # stopped meanwhile: hand them back
-            self._release_quietly(claims)
         return None
 
     def _housekeep(self) -> None:
@@ -292,7 +315,7 @@ class Worker:
                     claim.job_id,
                 )
                 with self._lock:
-                    run = self._runs.get(claim.job_id)
+                    run = self._runs.get(claim.token)
                 if run is not None:
                     run.cancelled.set()
 
@@ -304,11 +327,15 @@ class Worker:
                 for run in self._runs.values()
                 if now - run.started > limit and not run.timed_out
             ]
-            for run in late:
-                run.timed_out = True
         for run in late:
             run.cancelled.set()
-            self.manager.fail(run.claim, self.manager.timeout_error())
+            try:
+                self.manager.fail(run.claim, self.manager.timeout_error())
+            except Exception:
+                # Tried again at the next tick: the run is not marked yet.
+                logger.exception("failing timed-out job %s failed", run.claim.job_id)
+                continue
+            run.timed_out = True
 
 
 def _backoff(failures: int) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -284,3 +285,55 @@ def test_jobs_one_at_a_time_are_each_picked_up_at_once_on_redis(
             )
     finally:
         ae.shutdown(grace=0)
+
+
+def test_a_retry_run_beside_its_timed_out_attempt_keeps_its_heartbeat() -> None:
+    """Attempt 1 overruns the job timeout and keeps going; attempt 2 runs in the
+    same process meanwhile and outlives its lease, so only heartbeats keep it. The
+    end of attempt 1 must not take attempt 2's place in the worker."""
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_MAX_CONCURRENCY=2,
+        ASYNC_ENDPOINTS_JOB_TIMEOUT_SECONDS=1.0,
+        ASYNC_ENDPOINTS_CLAIM_TIMEOUT_SECONDS=0.6,
+        ASYNC_ENDPOINTS_SWEEP_INTERVAL_SECONDS=0.3,
+        ASYNC_ENDPOINTS_RETRY_DELAY_BASE_SECONDS=0.05,
+        ASYNC_ENDPOINTS_POLL_INTERVAL_SECONDS=0.2,
+        ASYNC_ENDPOINTS_MAX_RETRIES=5,
+    )
+    ae = AsyncEndpoints(app)
+    attempts: list[int] = []
+
+    @ae.post("/slow", name="Slow")
+    def slow(ctx: AsyncContext) -> int:
+        attempts.append(ctx.attempt)
+        # Work that ignores ctx.cancelled: 1.4 s past a 1 s timeout, then 0.9 s.
+        time.sleep(1.4 if ctx.attempt == 1 else 0.9)
+        return ctx.attempt
+
+    try:
+        job_id = app.test_client().post("/slow").get_json()["id"]
+        wait_until(
+            lambda: status_of(app, ae, job_id) is JobStatus.COMPLETED, 15, "the retry"
+        )
+        with app.app_context():
+            job = ae.get_job(job_id)
+        assert job is not None
+        assert job.result == 2
+        assert attempts == [1, 2]
+    finally:
+        ae.shutdown(grace=0)
+
+
+def test_an_idle_worker_stops_at_once(live_app: tuple[Flask, AsyncEndpoints]) -> None:
+    app, ae = live_app
+
+    @ae.post("/n", name="N")
+    def n(ctx: AsyncContext) -> None:
+        return None
+
+    job_id = app.test_client().post("/n").get_json()["id"]
+    wait_until(lambda: status_of(app, ae, job_id) is JobStatus.COMPLETED, 10, "job")
+    began = time.monotonic()
+    ae.shutdown(grace=10)
+    assert time.monotonic() - began < 3, "an idle worker waited out its grace"

@@ -1083,13 +1083,16 @@ class RedisStore:
             seconds = next_due - time.time()
         with self._translate_errors():
             pool = self._wake_pool()
-        socket_timeout = pool.connection_kwargs.get("socket_timeout")
+            connection = self._checkout(pool)
+        # A read may not outlast the connection's socket timeout (redis-py may set
+        # one by default without listing it in the pool's kwargs); waking early is
+        # allowed.
+        socket_timeout = getattr(connection, "socket_timeout", None)
+        if socket_timeout is None:
+            socket_timeout = pool.connection_kwargs.get("socket_timeout")
         if socket_timeout:
-            # A read may not outlast the socket timeout; waking early is allowed.
             seconds = min(seconds, 0.8 * float(socket_timeout))
         seconds = max(seconds, _MIN_BLOCK)
-        with self._translate_errors():
-            connection = self._checkout(pool)
         woken = True
         try:
             with self._lock:

@@ -130,6 +130,9 @@ class Worker:
             leftover = [run.claim for run in self._runs.values()]
             for run in self._runs.values():
                 run.cancelled.set()
+            # Handed back: a queued run that a thread has not started yet is
+            # skipped (it is no longer in _runs), so it runs only where reclaimed.
+            self._runs.clear()
         if leftover:
             try:
                 self.manager.release(leftover)
@@ -245,6 +248,9 @@ class Worker:
             run = self._execute(run) or self._queue.get()
 
     def _execute(self, run: _Run) -> _Run | None:
+        with self._lock:
+            if run.claim.token not in self._runs:
+                return None  # handed back by stop() before it started
         claims: list[Claim] | None = None
         try:
             claims = self.manager.run(

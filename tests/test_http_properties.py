@@ -44,23 +44,10 @@ from werkzeug.test import TestResponse
 from async_endpoints import AsyncContext, AsyncEndpoints, JobStatus
 from async_endpoints.jobs import Job
 from async_endpoints.stores import MemoryStore
+from tests.test_http import JOB_KEYS
 
 MAX_QUEUE = 3
 MAX_BODY = 4096
-JOB_KEYS = {
-    "id",
-    "name",
-    "status",
-    "retryCount",
-    "maxRetries",
-    "createdAt",
-    "startedAt",
-    "completedAt",
-    "lastUpdatedAt",
-    "result",
-    "error",
-    "progress",
-}
 PROBLEM_KEYS = {"type", "title", "status", "detail"}
 REJECTED = {"error": "rejected by validate"}
 

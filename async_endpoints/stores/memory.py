@@ -234,6 +234,8 @@ class MemoryStore:
     ) -> tuple[bool, list[Claim]]:
         """See :meth:`JobStore.complete_and_claim`."""
         done = self.complete(claim, result, ttl=ttl, now=now)
+        if limit <= 0:
+            return done, []
         return done, self.claim(owner, limit=limit, lease=lease, now=now)
 
     def fail(

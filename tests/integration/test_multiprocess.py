@@ -130,6 +130,7 @@ def test_cli_worker_hands_jobs_back_on_sigterm(
     env.update(
         AE_TEST_REDIS_URL=redis_url,
         AE_TEST_JOB_SECONDS="30",
+        PYTHONUNBUFFERED="1",  # the worker's messages reach the log at once
         ASYNC_ENDPOINTS_MAX_CONCURRENCY="2",
         ASYNC_ENDPOINTS_CLAIM_TIMEOUT_SECONDS="600",
         ASYNC_ENDPOINTS_SHUTDOWN_GRACE_SECONDS="2" if signals == 1 else "60",
@@ -159,7 +160,11 @@ def test_cli_worker_hands_jobs_back_on_sigterm(
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         if signals == 2:
-            time.sleep(0.5)  # let the first signal start the graceful stop
+            # The second signal once the first has started the graceful stop.
+            deadline = time.monotonic() + 10
+            while "stopping:" not in log.read_text():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0, log.read_text()
         took = time.monotonic() - began

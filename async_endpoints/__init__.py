@@ -4,16 +4,18 @@ A client POSTs and gets ``202 Accepted`` with a job at once; a background worker
 runs the handler with retries and backoff; the client polls the job's status.
 """
 
-from async_endpoints.context import AsyncContext
+from async_endpoints.context import AsyncContext, CancelEvent
 from async_endpoints.errors import (
     AsyncEndpointsError,
     ConfigurationError,
+    HandBack,
     IdempotencyConflictError,
     InvalidParameterError,
     InvalidRequestError,
     JobFinishedError,
     JobNotFoundError,
     JobTimeoutError,
+    PayloadTooLargeError,
     QueueFullError,
     ResultError,
     StoreError,
@@ -29,8 +31,10 @@ __all__ = [
     "AsyncContext",
     "AsyncEndpoints",
     "AsyncEndpointsError",
+    "CancelEvent",
     "ConfigurationError",
     "ErrorInfo",
+    "HandBack",
     "IdempotencyConflictError",
     "InvalidParameterError",
     "InvalidRequestError",
@@ -41,6 +45,7 @@ __all__ = [
     "JobStore",
     "JobTimeoutError",
     "MemoryStore",
+    "PayloadTooLargeError",
     "Progress",
     "QueueFullError",
     "ResultError",

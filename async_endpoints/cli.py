@@ -1,29 +1,95 @@
-"""The ``flask async-endpoints`` command group: run a worker, manage jobs."""
+"""The ``flask async-endpoints`` command group: run a worker, manage jobs.
+
+A store that fails (Redis down, most often) ends any command with one line that
+names the cause and the fix, not with redis-py's traceback: see :class:`_JobsGroup`.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from async_endpoints.errors import AsyncEndpointsError
+from async_endpoints.errors import (
+    AsyncEndpointsError,
+    StoreError,
+    StoreUnavailableError,
+)
 from async_endpoints.jobs import Job, JobStatus, format_timestamp
 
 if TYPE_CHECKING:
     from types import FrameType
+    from uuid import UUID
 
     from async_endpoints.manager import JobManager
 
-cli = AppGroup("async-endpoints", help="Run and inspect asynchronous jobs.")
+_UNAVAILABLE_FIX = (
+    "Check that Redis is running and that ASYNC_ENDPOINTS_STORE_URL points at it."
+)
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line, without a trailing full stop."""
+    return " ".join(text.split()).rstrip(" .")
+
+
+def _unavailable_cause(exc: StoreUnavailableError) -> str:
+    """What the store said, without the hint the CLI gives itself.
+
+    The Redis store's message already ends in a "Check that ..." sentence of its
+    own; printed as is, the fix would appear twice in the one line.
+    """
+    cause = _one_line(" ".join(str(exc).split()).split(" Check that ", 1)[0])
+    return cause or type(exc).__name__
+
+
+class _JobsGroup(AppGroup):
+    """An :class:`~flask.cli.AppGroup` whose commands report store failures as
+    one line (a :class:`click.ClickException`, exit status 1).
+
+    In one place, so every command, present and future, gets it: an operator
+    whose Redis is down needs the cause and the fix, not a hundred lines of
+    redis-py's connection code.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; turn a :class:`StoreError` into a one-line error.
+
+        :param ctx: the group's click context.
+        :raises click.ClickException: the job store failed or cannot be reached.
+        """
+        try:
+            return super().invoke(ctx)
+        except StoreUnavailableError as exc:
+            raise click.ClickException(
+                f"the job store is unavailable: {_unavailable_cause(exc)}. "
+                f"{_UNAVAILABLE_FIX}"
+            ) from exc
+        except StoreError as exc:
+            raise click.ClickException(
+                f"the job store failed: {_one_line(str(exc)) or type(exc).__name__}."
+            ) from exc
+
+
+cli = _JobsGroup("async-endpoints", help="Run and inspect asynchronous jobs.")
 
 _STATUS = click.Choice([s.value for s in JobStatus], case_sensitive=False)
+# Only these can be purged: a job that has not ended is still someone's work.
+_FINISHED_STATUS = click.Choice(
+    [s.value for s in JobStatus if s.is_finished], case_sensitive=False
+)
+# Jobs read per store call when the CLI filters or counts by itself: the Redis
+# store reads every job for each call (SCAN), so few large pages beat many small.
+_PAGE = 500
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -48,6 +114,23 @@ def _manager() -> JobManager:
 
 def _status(value: str) -> JobStatus:
     return next(s for s in JobStatus if s.value.lower() == value.lower())
+
+
+def _every_job(manager: JobManager, status: JobStatus | None) -> Iterator[Job]:
+    """Each job (of ``status``, or all), newest first, read a page at a time.
+
+    A job submitted meanwhile shifts the pages, so a job may come twice from the
+    store; it is yielded once.
+    """
+    seen: set[UUID] = set()
+    for offset in itertools.count(0, _PAGE):
+        page = manager.list_jobs(status, offset=offset, limit=_PAGE)
+        for job in page:
+            if job.id not in seen:
+                seen.add(job.id)
+                yield job
+        if len(page) < _PAGE:
+            return
 
 
 def _job_id(value: str) -> Job:
@@ -92,7 +175,12 @@ def worker_command() -> None:
     """
     from async_endpoints.worker import Worker
 
-    worker = Worker(_manager())
+    manager = _manager()
+    worker = Worker(manager)
+    # Reach the store once before starting: a worker whose store is down would
+    # only log its retries, so fail here, in one line, instead. The worker
+    # registers itself again at once when it starts.
+    manager.register_worker(worker.owner)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -116,13 +204,22 @@ def worker_command() -> None:
 
 @cli.command("jobs")
 @click.option("--status", type=_STATUS, help="Only jobs in this status.")
+@click.option("--name", help="Only jobs of the handler with this name (exact).")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
-def jobs_command(status: str | None, limit: int, offset: int) -> None:
-    """List jobs, newest first."""
-    jobs = _manager().list_jobs(
-        _status(status) if status else None, offset=offset, limit=limit
-    )
+def jobs_command(status: str | None, name: str | None, limit: int, offset: int) -> None:
+    """List jobs, newest first.
+
+    With --name, --offset and --limit count the jobs of that handler only.
+    """
+    manager = _manager()
+    chosen = _status(status) if status else None
+    if name is None:
+        jobs = manager.list_jobs(chosen, offset=offset, limit=limit)
+    else:
+        # The store cannot filter by name: read pages until enough match.
+        named = (job for job in _every_job(manager, chosen) if job.name == name)
+        jobs = list(itertools.islice(named, offset, offset + limit))
     if not jobs:
         click.echo("no jobs")
         return
@@ -184,20 +281,38 @@ def stats_command() -> None:
 
 @cli.command("purge")
 @click.option(
-    "--status", type=_STATUS, required=True, help="Completed, Failed or Canceled."
+    "--status",
+    type=_FINISHED_STATUS,
+    required=True,
+    help="Which finished jobs to delete.",
 )
 @click.option(
     "--older-than",
     required=True,
     help="Jobs that ended longer ago than this: 90s, 15m, 12h, 1d.",
 )
-def purge_command(status: str, older_than: str) -> None:
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Only count the jobs that would be deleted; delete nothing.",
+)
+def purge_command(status: str, older_than: str, dry_run: bool) -> None:
     """Delete finished jobs of one status that ended long enough ago."""
     chosen = _status(status)
-    if not chosen.is_finished:
-        raise click.BadParameter(
-            "only Completed, Failed or Canceled jobs can be purged",
-            param_hint="--status",
-        )
-    count = _manager().purge(chosen, _seconds(older_than))
-    click.echo(f"purged {count} {chosen.value} job(s)")
+    seconds = _seconds(older_than)
+    manager = _manager()
+    if not dry_run:
+        count = manager.purge(chosen, seconds)
+        click.echo(f"purged {count} {chosen.value} job(s)")
+        return
+    # The test the store's purge makes, on the jobs as they are now.
+    cutoff = time.time() - seconds
+    count = sum(
+        1
+        for job in _every_job(manager, chosen)
+        if job.completed_at is not None and job.completed_at < cutoff
+    )
+    click.echo(
+        f"would purge {count} {chosen.value} job(s) that ended more than "
+        f"{older_than.strip()} ago (dry run: nothing was deleted)"
+    )

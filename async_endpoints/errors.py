@@ -11,12 +11,16 @@ table. The tree::
     ├── InvalidRequestError(ValueError)       body not JSON                    -> 400
     │   ├── InvalidParameterError             malformed query parameter        -> 400
     │   ├── UnsupportedMediaTypeError         body not in a JSON type          -> 415
+    │   ├── PayloadTooLargeError              body over MAX_REQUEST_BYTES      -> 413
     │   ├── ValidationError                   body does not fit the model      -> 422
     │   └── IdempotencyConflictError          same key, another request        -> 422
     ├── ResultError(TypeError)                result not storable as JSON      -> Failed
     ├── JobTimeoutError                       run past JOB_TIMEOUT_SECONDS     -> retry
     └── StoreError
         └── StoreUnavailableError             store unreachable                -> 503
+
+Apart from the tree, :class:`HandBack` is not an error but a request a handler
+makes: raised in a handler, it hands the job back to the queue.
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ class UnsupportedMediaTypeError(InvalidRequestError):
     """The request body is in a content type the endpoint does not take."""
 
 
+class PayloadTooLargeError(InvalidRequestError):
+    """The request body is larger than ``ASYNC_ENDPOINTS_MAX_REQUEST_BYTES``."""
+
+
 class ValidationError(InvalidRequestError):
     """The body does not fit the handler's ``request_model``.
 
@@ -94,3 +102,15 @@ class StoreError(AsyncEndpointsError):
 
 class StoreUnavailableError(StoreError):
     """The job store cannot be reached (for example, Redis is down)."""
+
+
+class HandBack(Exception):  # noqa: N818 - a request, not an error: like StopIteration
+    """Raise it in a handler to hand the job back to the queue on purpose.
+
+    The run ends without a result and without counting an attempt; the job is
+    Queued again and due at once, for this or another process to run. A job
+    handed back more than ``ASYNC_ENDPOINTS_MAX_HANDBACKS`` times in a row counts
+    that as a failed attempt, so a job that is always handed back still ends.
+    A handler that sees ``ctx.cancelled`` set for ``"shutdown"`` need not raise
+    it: its job is handed back already.
+    """

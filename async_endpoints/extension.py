@@ -308,6 +308,10 @@ class AsyncEndpoints:
     ) -> Job:
         """Queue a job for the handler ``name`` from Python (needs an app context).
 
+        Submitting starts no worker in this process: outside a request (a script,
+        a CLI command) the job waits for a worker elsewhere (a web process, or
+        ``flask async-endpoints worker``).
+
         :param payload: the request body (JSON data or a ``request_model`` instance).
         :param owner: the job's owner; by default the ``@job_owner`` function's
             answer inside a request, else none.
@@ -324,7 +328,9 @@ class AsyncEndpoints:
             query_params=query_params,
             owner=owner,
         )
-        self._ensure_worker(state)
+        # No worker is started here: a script or CLI command that submits and
+        # exits would strand the jobs its worker claimed. Workers start on the
+        # first request, in gunicorn's post_fork, or in the CLI worker.
         return job
 
     def get_job(self, job_id: UUID | str) -> Job | None:

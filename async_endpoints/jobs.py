@@ -106,6 +106,8 @@ class Job:
     error: ErrorInfo | None = None
     progress: Progress | None = None
     cancel_requested: bool = False
+    handbacks: int = 0
+    """How many times in a row the job was handed back unfinished."""
 
     @property
     def attempt(self) -> int:
@@ -136,6 +138,7 @@ class Job:
                 else None
             ),
             "progress": self.progress.to_dict() if self.progress else None,
+            "cancelRequested": self.cancel_requested,
         }
 
 

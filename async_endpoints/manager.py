@@ -8,6 +8,8 @@ fail -> (Scheduled, by the retry policy) | Failed; cancel; recover expired lease
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -20,14 +22,16 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
-from async_endpoints.context import AsyncContext, Headers
+from async_endpoints.context import AsyncContext, CancelEvent, Headers
 from async_endpoints.errors import (
     ConfigurationError,
+    HandBack,
     InvalidRequestError,
     JobTimeoutError,
+    StoreUnavailableError,
 )
 from async_endpoints.jobs import (
     Claim,
@@ -54,6 +58,7 @@ EventHook = Callable[..., None]
 """``hook(event, job, **details)``: told of "submitted", "started", "succeeded",
 "retrying" and "failed" (see :mod:`async_endpoints.signals`)."""
 
+_T = TypeVar("_T")
 _BATCH = 1 << 30  # "every due job" for run_due_jobs
 
 #: Headers about the request's transport, meaningless once the body is parsed:
@@ -125,7 +130,7 @@ class JobManager:
         self._app_context = app_context
         self._on_event = on_event
         self._policies: dict[tuple[str, int], RetryPolicy] = {}
-        self._running: dict[UUID, threading.Event] = {}
+        self._running: dict[UUID, CancelEvent] = {}
         self._running_lock = threading.Lock()
 
     # -- submitting and reading ------------------------------------------------
@@ -293,13 +298,26 @@ class JobManager:
         return self.store.purge(status=status, older_than=now - older_than, now=now)
 
     def stats(self) -> StoreStats:
-        """Counts per status, the oldest waiting job and the live workers."""
-        return self.store.stats(now=time.time())
+        """Counts per status, the oldest waiting job and the live workers.
+
+        A worker counts as live while its last heartbeat is at most two
+        heartbeat intervals (two thirds of ``CLAIM_TIMEOUT_SECONDS``) old: a live
+        one beats every third of the lease.
+        """
+        now = time.time()
+        stats = self.store.stats(now=now)
+        horizon = now - 2 * self.settings.claim_timeout_seconds / 3
+        live = {name: seen for name, seen in stats.workers.items() if seen > horizon}
+        return dataclasses.replace(stats, workers=live)
 
     def register_worker(self, owner: str) -> None:
         """Record that this process's worker is alive (for ``stats``)."""
         lease = self.settings.claim_timeout_seconds
         self.store.register_worker(owner, ttl=lease, now=time.time())
+
+    def unregister_worker(self, owner: str) -> None:
+        """Record that this process's worker stopped (for ``stats``)."""
+        self.store.unregister_worker(owner)
 
     def wait_for_end(self, job_id: UUID, timeout: float) -> Job | None:
         """Wait up to ``timeout`` seconds for the job to end; return it as it is."""
@@ -332,24 +350,41 @@ class JobManager:
         return result
 
     def release(self, claims: Sequence[Claim]) -> None:
-        """Hand claims back to the queue without counting an attempt."""
-        if claims:
+        """Hand claims back to the queue without counting an attempt.
+
+        A job already handed back ``ASYNC_ENDPOINTS_MAX_HANDBACKS`` times in a row
+        is failed instead (a counted attempt), so that it cannot be handed back
+        forever.
+        """
+        limit = self.settings.max_handbacks
+        back = [c for c in claims if c.job.handbacks < limit]
+        for claim in claims:
+            if claim.job.handbacks >= limit:
+                self.fail(
+                    claim,
+                    _HandedBackError(
+                        f"The job was handed back unfinished {claim.job.handbacks + 1} "
+                        "times in a row (more than ASYNC_ENDPOINTS_MAX_HANDBACKS = "
+                        f"{limit}); this counts as a failed attempt."
+                    ),
+                )
+        if back:
             self.store.release(
-                claims, ttl=self.settings.result_ttl_seconds, now=time.time()
+                back, ttl=self.settings.result_ttl_seconds, now=time.time()
             )
 
-    def signal_cancel(self, job_ids: Any) -> None:
-        """Set ``ctx.cancelled`` of the local runs of these jobs."""
+    def signal_cancel(self, job_ids: Any, reason: str = "canceled") -> None:
+        """Set ``ctx.cancelled`` of the local runs of these jobs, for ``reason``."""
         with self._running_lock:
             for job_id in job_ids:
                 event = self._running.get(job_id)
                 if event is not None:
-                    event.set()
+                    event.cancel(reason)
 
     def run(
         self,
         claim: Claim,
-        cancelled: threading.Event | None = None,
+        cancelled: CancelEvent | None = None,
         *,
         then_claim: int | Callable[[], int] = 0,
         owner: str = "",
@@ -358,7 +393,10 @@ class JobManager:
 
         Never raises for the handler's sake: a failure is recorded on the job.
         A run that takes longer than the job timeout is recorded as a timeout and
-        its result discarded.
+        its result discarded. A run whose ``cancelled`` event was set for another
+        reason than a user's cancel (``"timeout"``, ``"shutdown"``,
+        ``"lease_lost"``) records nothing: whoever set it decided the outcome
+        first. A handler that raises :class:`HandBack` hands its job back.
 
         :param then_claim: after a success, also claim up to this many due jobs
             for ``owner`` in the same store round trip (a callable is asked at
@@ -370,7 +408,7 @@ class JobManager:
         log = logging.LoggerAdapter(
             logger, {"job_id": str(job.id), "job_name": job.name}
         )
-        event = cancelled or threading.Event()
+        event = cancelled if cancelled is not None else CancelEvent()
         with self._running_lock:
             self._running[job.id] = event
         started = time.time()
@@ -380,27 +418,61 @@ class JobManager:
             try:
                 value = self._call(claim, event)
                 result = to_json(value, max_bytes=self.settings.max_result_bytes)
+            except HandBack:
+                if not _decided(event, log):
+                    log.info("job %s handed back by its handler", job.id)
+                    self._patiently(lambda: self.release([claim]), event)
+                return None
             except BaseException as exc:
-                self.fail(claim, exc, log=log, started=started)
+                if not _decided(event, log):
+                    self._patiently(
+                        functools.partial(
+                            self.fail, claim, exc, log=log, started=started
+                        ),
+                        event,
+                    )
                 if isinstance(exc, KeyboardInterrupt) and (
                     threading.current_thread() is threading.main_thread()
                 ):
                     raise
                 return None
-            if time.time() - started > self.settings.job_timeout_seconds:
-                self.fail(claim, self.timeout_error(), log=log, started=started)
+            if _decided(event, log):
                 return None
-            now = time.time()
+            if time.time() - started > self.settings.job_timeout_seconds:
+                self._patiently(
+                    lambda: self.fail(
+                        claim, self.timeout_error(), log=log, started=started
+                    ),
+                    event,
+                )
+                return None
             limit = then_claim() if callable(then_claim) else then_claim
-            completed, claims = self.store.complete_and_claim(
-                claim,
-                result,
-                ttl=self.settings.result_ttl_seconds,
-                owner=owner,
-                limit=limit,
-                lease=self.settings.claim_timeout_seconds,
-                now=now,
-            )
+            now = time.time()
+            try:
+                completed, claims = self.store.complete_and_claim(
+                    claim,
+                    result,
+                    ttl=self.settings.result_ttl_seconds,
+                    owner=owner,
+                    limit=limit,
+                    lease=self.settings.claim_timeout_seconds,
+                    now=now,
+                )
+            except StoreUnavailableError:
+                # Tried again without the follow-up claim while the lease lasts:
+                # a short outage must not make the job run again.
+                log.warning("recording job %s failed; trying again", job.id)
+                limit, claims = 0, []
+                completed = self._patiently(
+                    lambda: self.store.complete(
+                        claim,
+                        result,
+                        ttl=self.settings.result_ttl_seconds,
+                        now=time.time(),
+                    ),
+                    event,
+                    first_failed=True,
+                )
             if completed:
                 log.debug("job %s completed", job.id)
                 self._emit("succeeded", job, result=result, duration=now - started)
@@ -415,6 +487,38 @@ class JobManager:
                 if self._running.get(job.id) is event:
                     del self._running[job.id]
 
+    def _patiently(
+        self,
+        record: Callable[[], _T],
+        event: CancelEvent,
+        *,
+        first_failed: bool = False,
+    ) -> _T:
+        """``record()``, tried again while the store is unavailable, for as long
+        as the run's lease lasts (heartbeats keep renewing it meanwhile).
+
+        :raises StoreUnavailableError: the store stayed unreachable that long, or
+            the run was handed over meanwhile.
+        """
+        deadline = time.monotonic() + self.settings.claim_timeout_seconds
+        failures = 1 if first_failed else 0
+        while True:
+            if failures:
+                pause = min(2.0, 0.05 * 2**failures)
+                if time.monotonic() + pause > deadline or event.reason not in (
+                    None,
+                    "canceled",
+                ):
+                    raise StoreUnavailableError(
+                        "The job store stayed unreachable while the run's outcome "
+                        "was being recorded."
+                    )
+                time.sleep(pause)
+            try:
+                return record()
+            except StoreUnavailableError:
+                failures += 1
+
     def timeout_error(self) -> JobTimeoutError:
         """The error recorded for a run past ``JOB_TIMEOUT_SECONDS``."""
         return JobTimeoutError(
@@ -422,16 +526,31 @@ class JobManager:
             f"({self.settings.job_timeout_seconds:g} s)."
         )
 
-    def _call(self, claim: Claim, cancelled: threading.Event) -> object:
+    def _call(self, claim: Claim, cancelled: CancelEvent) -> object:
         job = claim.job
         spec = self.spec(job.name)
         request: Any = job.payload
         if spec.request_model is not None:
             request = parse_model(spec.request_model, job.payload)
 
+        failing = False  # logged once per outage, not once per report
+
         def progress(fraction: float, message: str | None) -> None:
+            nonlocal failing
             report = Progress(fraction=fraction, message=message)
-            self.store.report_progress(claim, report, now=time.time())
+            try:
+                self.store.report_progress(claim, report, now=time.time())
+            except Exception:
+                if not failing:
+                    logger.warning(
+                        "progress of job %s could not be stored; dropped (further "
+                        "failures are not logged until a report is stored again)",
+                        job.id,
+                        exc_info=True,
+                    )
+                failing = True
+            else:
+                failing = False
 
         ctx = AsyncContext(
             request=request,
@@ -554,6 +673,30 @@ class JobManager:
             )
             self._policies[key] = policy
         return policy
+
+
+def _decided(event: CancelEvent, log: logging.LoggerAdapter[logging.Logger]) -> bool:
+    """Whether the run's outcome was decided elsewhere (timed out, handed back on
+    shutdown, lease lost): then nothing the handler did is recorded."""
+    if event.reason in (None, "canceled"):
+        return False
+    log.info(
+        "run ended after its job was %s; outcome not recorded",
+        {
+            "timeout": "failed for its timeout",
+            "shutdown": "handed back on shutdown",
+            "lease_lost": "taken over elsewhere",
+        }.get(event.reason or "", event.reason),
+    )
+    return True
+
+
+class _HandedBackError(Exception):
+    """Recorded (as type ``HandedBack``) for a job handed back too often."""
+
+
+_HandedBackError.__name__ = "HandedBack"
+_HandedBackError.__qualname__ = "HandedBack"
 
 
 class _LeaseExpiredError(Exception):

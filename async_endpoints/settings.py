@@ -45,6 +45,8 @@ DEFAULTS: Final[dict[str, Any]] = {
     "IDEMPOTENCY_TTL_SECONDS": 86400.0,
     "MAX_WAIT_SECONDS": 20.0,
     "MAX_RESULT_BYTES": 1024 * 1024,
+    "MAX_REQUEST_BYTES": 1024 * 1024,
+    "MAX_HANDBACKS": 3,
     "EXPOSE_TRACEBACKS": None,
     "PRESERVED_HEADERS": (),
     "REDACTED_HEADERS": (),
@@ -74,6 +76,8 @@ class Settings:
     idempotency_ttl_seconds: float
     max_wait_seconds: float
     max_result_bytes: int
+    max_request_bytes: int
+    max_handbacks: int
     expose_tracebacks: bool
     preserved_headers: frozenset[str]
     redacted_headers: frozenset[str]
@@ -129,6 +133,8 @@ class Settings:
             ),
             max_wait_seconds=_number(raw, "MAX_WAIT_SECONDS", float),
             max_result_bytes=_number(raw, "MAX_RESULT_BYTES", int, minimum=1),
+            max_request_bytes=_number(raw, "MAX_REQUEST_BYTES", int, minimum=0),
+            max_handbacks=_number(raw, "MAX_HANDBACKS", int, minimum=0),
             expose_tracebacks=bool(raw["EXPOSE_TRACEBACKS"]),
             preserved_headers=frozenset(preserved),
             redacted_headers=frozenset(redacted - preserved),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from flask import Response, request
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from async_endpoints.context import AsyncContext, Headers
 from async_endpoints.errors import (
@@ -26,6 +26,7 @@ from async_endpoints.errors import (
     InvalidRequestError,
     JobFinishedError,
     JobNotFoundError,
+    PayloadTooLargeError,
     QueueFullError,
     StoreUnavailableError,
     UnsupportedMediaTypeError,
@@ -46,6 +47,7 @@ ERROR_MAP: Final[list[tuple[type[Exception], int, str, float | None]]] = [
     (JobFinishedError, 409, "Job already finished", None),
     (QueueFullError, 429, "Queue full", 1.0),
     (UnsupportedMediaTypeError, 415, "Unsupported media type", None),
+    (PayloadTooLargeError, 413, "Request body too large", None),
     (ValidationError, 422, "Invalid request body", None),
     (IdempotencyConflictError, 422, "Idempotency key reused", None),
     (InvalidParameterError, 400, "Invalid query parameter", None),
@@ -88,9 +90,13 @@ def error_response(exc: Exception) -> Response:
                 extra["errors"] = exc.errors
             if isinstance(exc, QueueFullError):
                 retry_after = exc.retry_after
+            detail = str(exc)
             if isinstance(exc, StoreUnavailableError):
+                # The full story (which server, which setting) is for the log,
+                # not for HTTP clients.
                 logger.warning("job store unavailable: %s", exc)
-            return problem(status, title, str(exc), retry_after=retry_after, **extra)
+                detail = "The job store cannot be reached right now; try again later."
+            return problem(status, title, detail, retry_after=retry_after, **extra)
     if isinstance(exc, HTTPException) and exc.code is not None:
         return problem(exc.code, exc.name, exc.description or exc.name)
     raise exc
@@ -131,13 +137,29 @@ def jobs_location(state: _AppState, job: Job) -> str:
     return f"{request.script_root}{state.settings.jobs_url}/{job.id}"
 
 
-def read_body() -> Any:
+def read_body(max_bytes: int = 0) -> Any:
     """The request's JSON body, or ``None`` when there is none.
 
+    :param max_bytes: the largest body taken (0: no limit of ours); Flask's
+        ``MAX_CONTENT_LENGTH`` still applies when it is lower. A body whose
+        ``Content-Length`` is larger is refused before it is read.
+    :raises PayloadTooLargeError: the body is larger than ``max_bytes``.
     :raises UnsupportedMediaTypeError: a body in a non-JSON content type.
     :raises InvalidRequestError: malformed JSON.
     """
-    data = request.get_data(cache=True)
+    app_limit = request.max_content_length
+    ours = max_bytes > 0 and (app_limit is None or max_bytes < app_limit)
+    if ours:
+        request.max_content_length = max_bytes
+    try:
+        data = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        if not ours:
+            raise
+        raise PayloadTooLargeError(
+            f"The request body is larger than {max_bytes} bytes "
+            "(ASYNC_ENDPOINTS_MAX_REQUEST_BYTES)."
+        ) from None
     if not data:
         return None
     mimetype = request.mimetype
@@ -194,7 +216,7 @@ def submit_view(
     @problems
     def view(**route_params: Any) -> ResponseReturnValue:
         state = ext._state()
-        payload = read_body()
+        payload = read_body(state.settings.max_request_bytes)
         headers = request_headers()
         query = request.args.to_dict(flat=False)
         route = {k: str(v) for k, v in route_params.items()}
@@ -239,10 +261,11 @@ def submit_view(
         extra = [("Vary", "Prefer")]
         status = 202
         if wait:
-            waited = state.manager.wait_for_end(job.id, wait)
-            if waited is not None and waited.status.is_finished:
-                job, status = waited, 200
-                extra.append(("Preference-Applied", f"wait={wait}"))
+            # Answered with the job as it is when the wait ends, finished or not.
+            job = state.manager.wait_for_end(job.id, wait) or job
+            extra.append(("Preference-Applied", f"wait={wait}"))
+            if job.status.is_finished:
+                status = 200
         response = job_response(state, job, status, *extra)
         if ext._submitted_response is not None:
             return ext._submitted_response(job, response)
@@ -268,6 +291,7 @@ def job_view(ext: AsyncEndpoints) -> Callable[..., ResponseReturnValue]:
     def view(job_id: str) -> ResponseReturnValue:
         state = ext._state()
         job = _job_or_404(ext, state, job_id)
+        extra: list[tuple[str, str]] = []
         if request.method == "DELETE":
             job = state.manager.cancel(job.id)
         elif "wait" in request.args:
@@ -277,9 +301,12 @@ def job_view(ext: AsyncEndpoints) -> Callable[..., ResponseReturnValue]:
                     f"wait={raw[:20]!r} is not a whole number of seconds."
                 )
             wait = _capped(raw, state.settings.max_wait_seconds)
+            # Says how long the server waited at most, so that a capped wait
+            # is not silent.
+            extra.append(("Wait-Applied", str(wait)))
             if wait > 0 and not job.status.is_finished:
                 job = state.manager.wait_for_end(job.id, wait) or job
-        response = job_response(state, job)
+        response = job_response(state, job, 200, *extra)
         if ext._status_response is not None:
             return ext._status_response(job, response)
         return response

@@ -9,6 +9,7 @@ expired leases of dead processes. Flask-free.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import tenacity
 
+from async_endpoints.context import CancelEvent
 from async_endpoints.errors import StoreError
 from async_endpoints.jobs import Claim
 from async_endpoints.manager import JobManager, process_owner
@@ -32,7 +34,7 @@ _BACKOFF = tenacity.wait_exponential(multiplier=0.1, max=5.0)
 @dataclass(slots=True)
 class _Run:
     claim: Claim
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancelled: CancelEvent = field(default_factory=CancelEvent)
     started: float = field(default_factory=time.monotonic)
     timed_out: bool = False
 
@@ -77,6 +79,9 @@ class Worker:
             threading.Thread(
                 target=self._housekeep, name=f"{name}-heartbeat", daemon=True
             ),
+            threading.Thread(
+                target=self._listen_for_cancels, name=f"{name}-cancels", daemon=True
+            ),
         ]
         self._started = False
 
@@ -100,6 +105,10 @@ class Worker:
         self._started = True
         for thread in [*self._handler_threads, *self._threads]:
             thread.start()
+        # An interpreter that exits (a script, `flask run` stopped, a reload)
+        # kills daemon threads: hand their jobs back first, without a grace
+        # period, so they do not wait for their leases to expire.
+        atexit.register(self._at_exit)
         logger.info(
             "async-endpoints worker %s started (%d threads)",
             self.owner,
@@ -118,6 +127,7 @@ class Worker:
         self._stopping.set()
         if not self._started:
             return
+        atexit.unregister(self._at_exit)
         deadline = time.monotonic() + grace
         with self._lock:
             while (
@@ -127,15 +137,17 @@ class Worker:
             ):
                 # Short slices, so that hurry() (e.g. from a signal handler) is seen.
                 self._slot_free.wait(min(0.1, max(0.0, deadline - time.monotonic())))
-            leftover = [run.claim for run in self._runs.values()]
-            for run in self._runs.values():
-                run.cancelled.set()
+            leftover = list(self._runs.values())
             # Handed back: a queued run that a thread has not started yet is
             # skipped (it is no longer in _runs), so it runs only where reclaimed.
             self._runs.clear()
         if leftover:
+            # The hand-back is decided (and fenced) before the handlers are told,
+            # so an early return cannot reach the store as a result first.
             try:
-                self.manager.release(leftover)
+                self.manager.release(
+                    [run.claim for run in leftover if not run.timed_out]
+                )
                 logger.warning(
                     "handed %d unfinished job(s) back to the queue", len(leftover)
                 )
@@ -145,6 +157,8 @@ class Worker:
                     "the sweeper will recover them",
                     len(leftover),
                 )
+            for run in leftover:
+                run.cancelled.cancel("shutdown")
         # The dispatcher may sit in a blocking store wait; it checks the stop flag
         # before it claims again (and hands back a claim that raced the stop), so
         # only the housekeeping thread is joined.
@@ -153,6 +167,14 @@ class Worker:
             housekeeping.join(timeout=5)
         for _ in self._handler_threads:
             self._queue.put(None)
+        try:
+            self.manager.unregister_worker(self.owner)
+        except Exception:
+            logger.warning("could not unregister worker %s", self.owner, exc_info=True)
+
+    def _at_exit(self) -> None:
+        if self.pid == os.getpid():  # not in a forked child that inherited it
+            self.stop(grace=0)
 
     def hurry(self) -> None:
         """Cut short the grace period of a :meth:`stop` under way (safe to call
@@ -308,6 +330,28 @@ class Worker:
                 )
                 self._stopping.wait(delay)
 
+    def _listen_for_cancels(self) -> None:
+        """Tell this process's runs of a cancel made in another process at once,
+        rather than at the next heartbeat."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                canceled = self.manager.store.wait_for_cancels(1.0)
+            except Exception:
+                failures += 1
+                delay = _backoff(failures)
+                logger.warning(
+                    "listening for cancellations failed; retrying in %.1f s "
+                    "(heartbeats still carry them)",
+                    delay,
+                    exc_info=failures == 1,
+                )
+                self._stopping.wait(delay)
+                continue
+            failures = 0
+            if canceled:
+                self.manager.signal_cancel(canceled)
+
     def _beat(self) -> None:
         claims = self.held_claims()
         if not claims:
@@ -323,7 +367,7 @@ class Worker:
                 with self._lock:
                     run = self._runs.get(claim.token)
                 if run is not None:
-                    run.cancelled.set()
+                    run.cancelled.cancel("lease_lost")
 
     def _expire_timeouts(self, now: float) -> None:
         limit = self.manager.settings.job_timeout_seconds
@@ -334,7 +378,6 @@ class Worker:
                 if now - run.started > limit and not run.timed_out
             ]
         for run in late:
-            run.cancelled.set()
             try:
                 self.manager.fail(run.claim, self.manager.timeout_error())
             except Exception:
@@ -342,6 +385,9 @@ class Worker:
                 logger.exception("failing timed-out job %s failed", run.claim.job_id)
                 continue
             run.timed_out = True
+            # Told only now that the failure is recorded: what the handler
+            # returns after this is discarded.
+            run.cancelled.cancel("timeout")
 
 
 def _backoff(failures: int) -> float:

@@ -23,7 +23,8 @@ The contract, enforced by ``tests/stores/test_contract.py`` against every backen
   ``fail`` with ``retry_at`` makes the job Scheduled, due then, one retry more;
   without it the job is Failed. Finished jobs expire ``ttl`` seconds after ``now``.
 * ``release`` hands claimed jobs back as Queued, due at once, counting no attempt
-  (a job whose cancellation was requested ends Canceled instead).
+  but one more hand-back in a row (``Job.handbacks``; ``complete`` and ``fail``
+  reset it); a job whose cancellation was requested ends Canceled instead.
 * ``cancel`` ends a waiting job Canceled at once, flags a running one
   (``cancel_requested``), answers a Canceled job as it is, and raises
   :class:`~async_endpoints.errors.JobFinishedError` for a Completed/Failed one and
@@ -179,6 +180,20 @@ class JobStore(Protocol):
 
     def register_worker(self, owner: str, *, ttl: float, now: float) -> None:
         """Record that worker ``owner`` is alive; forgotten ``ttl`` s after ``now``."""
+        ...
+
+    def unregister_worker(self, owner: str) -> None:
+        """Forget worker ``owner`` at once (it stopped)."""
+        ...
+
+    def wait_for_cancels(self, timeout: float) -> list[UUID]:
+        """Block up to ``timeout`` seconds for cancellations of running jobs
+        requested in any process; return their ids (possibly none).
+
+        A request made while nobody waited may be missed: heartbeats still
+        report it (``HeartbeatResult.cancel_requested``), so this only makes the
+        news faster.
+        """
         ...
 
     def stats(self, *, now: float) -> StoreStats:

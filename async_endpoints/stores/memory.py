@@ -60,6 +60,7 @@ class MemoryStore:
         self._notified = 0
         self._waiting = 0
         self._generation = 0
+        self._closes = 0
 
     def __repr__(self) -> str:
         return "<MemoryStore>"
@@ -217,6 +218,7 @@ class MemoryStore:
                 error=None,
                 completed_at=now,
                 last_updated_at=now,
+                handbacks=0,
             )
             self._finish(done, ttl, now)
             return True
@@ -259,6 +261,7 @@ class MemoryStore:
                     error=error,
                     completed_at=now,
                     last_updated_at=now,
+                    handbacks=0,
                 )
                 self._finish(done, ttl, now)
             elif retry_at is None:
@@ -268,6 +271,7 @@ class MemoryStore:
                     error=error,
                     completed_at=now,
                     last_updated_at=now,
+                    handbacks=0,
                 )
                 self._finish(done, ttl, now)
             else:
@@ -280,6 +284,7 @@ class MemoryStore:
                         error=error,
                         due_at=retry_at,
                         last_updated_at=now,
+                        handbacks=0,
                     )
                 )
             return True
@@ -312,7 +317,11 @@ class MemoryStore:
                     continue
                 self._put(
                     dataclasses.replace(
-                        job, status=JobStatus.QUEUED, due_at=now, last_updated_at=now
+                        job,
+                        status=JobStatus.QUEUED,
+                        due_at=now,
+                        last_updated_at=now,
+                        handbacks=job.handbacks + 1,
                     )
                 )
 
@@ -424,6 +433,22 @@ class MemoryStore:
                 if seen + ttl <= now:
                     del self._workers[name]
 
+    def unregister_worker(self, owner: str) -> None:
+        """See :meth:`JobStore.unregister_worker`."""
+        with self._lock:
+            self._workers.pop(owner, None)
+
+    def wait_for_cancels(self, timeout: float) -> list[UUID]:
+        """See :meth:`JobStore.wait_for_cancels`.
+
+        In one process the manager tells its runs of a cancel directly, so this
+        only waits (until :meth:`close` or the timeout) and returns nothing.
+        """
+        with self._lock:
+            generation = self._closes
+            self._changed.wait_for(lambda: self._closes != generation, timeout)
+        return []
+
     def stats(self, *, now: float) -> StoreStats:
         """See :meth:`JobStore.stats`."""
         with self._lock:
@@ -483,5 +508,6 @@ class MemoryStore:
     def close(self) -> None:
         """Wake every blocked waiter; the jobs stay."""
         with self._lock:
+            self._closes += 1
             self._generation += 1
             self._changed.notify_all()

@@ -14,6 +14,11 @@ so every key of one prefix lives in one slot)::
     {P}:claimed          zset    InProgress job ids, scored by lease end
     {P}:wake             list    wake-up tokens for idle workers (BLPOP), at most 64
     {P}:idem:<key>       string  "<job uuid>:<fingerprint>", PX = the key's ttl
+    {P}:workers          hash    live worker name -> last heartbeat
+
+and two kinds of Pub/Sub channels (not keys): ``{P}:ended:<uuid>``, told when
+the job ends (long polls), and ``{P}:cancels``, told the id of a running job
+whose cancellation was requested (every worker process listens).
 
 Key names are built in Python by ``_Keys`` and passed in ``KEYS``, with one
 exception: ``claim.lua``, ``recover_expired.lua`` and ``submit.lua`` (for the job an
@@ -32,6 +37,7 @@ empty mapping), to keep a finished job small (a few hundred bytes, listpack)::
     x  error (JSON [type, message, stack_trace])
     g  progress (JSON [fraction, message])
     k  "1" once cancellation was requested
+    hb hand-backs in a row (absent: none)
     t  claim token     w  claiming worker            (InProgress only)
 
 Times are ``repr(float)`` strings, so they read back exactly. Values are JSON, never
@@ -123,6 +129,9 @@ _CONNECT_TIMEOUT: Final = 5.0
 """Default ``socket_connect_timeout`` of the clients a URL makes, in seconds."""
 _MIN_BLOCK: Final = 0.01
 """Shortest BLPOP, in seconds: 0 would mean "block forever"."""
+_RESUBSCRIBE: Final = 10.0
+"""How often the cancel listener subscribes anew, in seconds (drops a connection
+that went silent without a reset)."""
 _END_POLL: Final = 0.05
 """How often ``wait_for_end`` looks at the job, in seconds."""
 
@@ -158,6 +167,7 @@ class _Keys:
         self.job_prefix: Final = f"{tag}:job:"
         self._idem_prefix: Final = f"{tag}:idem:"
         self._ended_prefix: Final = f"{tag}:ended:"
+        self.cancels: Final = f"{tag}:cancels"
 
     def job(self, job_id: uuid.UUID | str) -> str:
         return f"{self.job_prefix}{job_id}"
@@ -213,6 +223,7 @@ def _encode_job(job: Job) -> list[str]:
         "x": None if job.error is None else _dump_error(job.error),
         "g": None if job.progress is None else _dump_progress(job.progress),
         "k": "1" if job.cancel_requested else None,
+        "hb": str(job.handbacks) if job.handbacks else None,
     }
     return [
         item
@@ -294,6 +305,7 @@ def _decode_job(job_id: str, flat: _Reply) -> Job:
         error=error,
         progress=progress,
         cancel_requested="k" in f,
+        handbacks=int(f.get("hb", "0")),
     )
 
 
@@ -496,6 +508,9 @@ class RedisStore:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._blocked: set[_BlockingConnection] = set()
+        self._cancel_lock = threading.Lock()
+        self._cancel_pubsub: Any = None
+        self._cancel_renew_at = 0.0
 
     def _bind(self, client: _Client) -> _Client:
         self._scripts = {
@@ -910,7 +925,13 @@ class RedisStore:
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         keys = [self._keys.job(job_id), self._keys.ready]
-        args = [str(job_id), _num(now), _ttl_seconds(ttl), self._keys.ended(job_id)]
+        args = [
+            str(job_id),
+            _num(now),
+            _ttl_seconds(ttl),
+            self._keys.ended(job_id),
+            self._keys.cancels,
+        ]
         reply = _list(self._call("cancel", keys, args))
         code = _int(reply[0])
         if code == -1:
@@ -1030,6 +1051,67 @@ class RedisStore:
         self._call(
             "register_worker", [self._keys.workers], [owner, _num(now), _num(ttl)]
         )
+
+    def unregister_worker(self, owner: str) -> None:
+        """Forget worker ``owner`` at once (it stopped).
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        with self._translate_errors():
+            self._redis().hdel(self._keys.workers, owner)
+
+    def wait_for_cancels(self, timeout: float) -> list[uuid.UUID]:
+        """Block up to ``timeout`` seconds for cancellations of running jobs;
+        return their ids.
+
+        Listens on the ``{P}:cancels`` channel through one subscription per store
+        and process, made again every few seconds so that a connection that went
+        silent (a black hole) is not kept. On a Cluster it only waits: there
+        the heartbeats carry cancellations.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        with self._translate_errors():
+            client = self._redis()
+        if isinstance(client, redis.cluster.RedisCluster):
+            self._closed.wait(timeout)
+            return []
+        deadline = time.monotonic() + timeout
+        with self._cancel_lock:
+            pubsub = self._cancel_pubsub
+            if pubsub is None or time.monotonic() > self._cancel_renew_at:
+                if pubsub is not None:
+                    pubsub.close()
+                    self._cancel_pubsub = None
+                plain: Any = client  # redis-py leaves pubsub() unannotated
+                with self._translate_errors():
+                    pubsub = plain.pubsub(ignore_subscribe_messages=True)
+                    self._cancel_pubsub = pubsub
+                    pubsub.subscribe(self._keys.cancels)
+                self._cancel_renew_at = time.monotonic() + _RESUBSCRIBE
+        ids: list[uuid.UUID] = []
+        try:
+            with self._translate_errors():
+                while not self._closed.is_set():
+                    remaining = deadline - time.monotonic()
+                    message = pubsub.get_message(
+                        timeout=max(0.0, remaining) if not ids else 0.0
+                    )
+                    if message is None:
+                        if ids or remaining <= 0:
+                            break
+                        continue
+                    data = _plain(message.get("data"))
+                    if isinstance(data, str):
+                        with contextlib.suppress(ValueError):
+                            ids.append(uuid.UUID(data))
+        except StoreUnavailableError:
+            with self._cancel_lock:
+                if self._cancel_pubsub is pubsub:
+                    self._cancel_pubsub = None
+            pubsub.close()
+            raise
+        return ids
 
     def stats(self, *, now: float) -> StoreStats:
         """Counts per status (by ``SCAN``), the oldest waiting job, live workers.
@@ -1200,6 +1282,10 @@ class RedisStore:
             blocked = list(self._blocked)
         for connection in blocked:
             connection.disconnect()
+        with self._cancel_lock:
+            pubsub, self._cancel_pubsub = self._cancel_pubsub, None
+        if pubsub is not None:
+            pubsub.close()
         with self._connect_lock:
             closers, self._closers = self._closers, []
         for close in closers:

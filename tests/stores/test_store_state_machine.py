@@ -175,7 +175,11 @@ class StoreMachine(RuleBasedStateMachine):
         if not current:
             assert self.get(claim.job_id) == before, "a stale fail changed the job"
             return
-        common: dict[str, Any] = {"error": error, "last_updated_at": self.now}
+        common: dict[str, Any] = {
+            "error": error,
+            "last_updated_at": self.now,
+            "handbacks": 0,
+        }
         if job.cancel_requested:
             self.update(
                 claim.job_id,
@@ -388,6 +392,7 @@ class StoreMachine(RuleBasedStateMachine):
             error=None,
             completed_at=self.now,
             last_updated_at=self.now,
+            handbacks=0,
         )
 
     @precondition(lambda self: bool(self.claims))
@@ -447,6 +452,7 @@ class StoreMachine(RuleBasedStateMachine):
                     status=JobStatus.QUEUED,
                     due_at=self.now,
                     last_updated_at=self.now,
+                    handbacks=self.jobs[c.job_id].job.handbacks + 1,
                 )
         for job_id, job in before.items():
             if job_id not in released:

@@ -8,6 +8,9 @@
 -- ARGV[3]  ttl of the canceled job, whole seconds (integer >= 1)
 -- ARGV[4]  the job's end channel {prefix}:ended:<id>: PUBLISHed to when the job
 --          ends here, so that long-polling readers wake (a channel, not a key)
+-- ARGV[5]  the cancels channel {prefix}:cancels: PUBLISHed the job id when a
+--          running job is flagged, so that the process running it stops it at
+--          once (a channel, not a key)
 --
 -- Returns {code, fields}: code 1 = the job (now Canceled, flagged, or already
 -- Canceled) with its hash HGETALL-style; -1 = no such job ({-1});
@@ -21,7 +24,10 @@ if status == 'Completed' or status == 'Failed' then
     return {-2, status}
 end
 if status == 'InProgress' then
-    redis.call('HSET', KEYS[1], 'k', '1', 'u', ARGV[2])
+    if not redis.call('HGET', KEYS[1], 'k') then
+        redis.call('HSET', KEYS[1], 'k', '1', 'u', ARGV[2])
+        redis.call('PUBLISH', ARGV[5], ARGV[1])
+    end
 elseif status ~= 'Canceled' then
     redis.call('HSET', KEYS[1], 's', 'Canceled', 'k', '1', 'e', ARGV[2], 'u', ARGV[2])
     redis.call('HDEL', KEYS[1], 'd')

@@ -18,7 +18,7 @@ local held = redis.call('HMGET', KEYS[1], 's', 't', 'k')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return 0
 end
-redis.call('HDEL', KEYS[1], 'r', 'x', 't', 'w', 'd')
+redis.call('HDEL', KEYS[1], 'r', 'x', 't', 'w', 'd', 'hb')
 local status = held[3] and 'Canceled' or 'Completed'
 redis.call('HSET', KEYS[1], 's', status, 'e', ARGV[3], 'u', ARGV[3])
 if status == 'Completed' and ARGV[4] ~= '' then

@@ -22,7 +22,7 @@ if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return 0
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[1], 't', 'w')
+redis.call('HDEL', KEYS[1], 't', 'w', 'hb')
 if held[3] or ARGV[5] == '' then
     local status = held[3] and 'Canceled' or 'Failed'
     redis.call('HSET', KEYS[1], 's', status, 'x', ARGV[4], 'e', ARGV[3], 'u', ARGV[3])

@@ -1,4 +1,5 @@
--- release.lua: hand held jobs back to the queue, due at once, counting no attempt;
+-- release.lua: hand held jobs back to the queue, due at once, counting no attempt
+-- but one more hand-back in a row (field hb);
 -- a job whose cancellation was requested ends Canceled instead (its handler was
 -- told to stop and will not report back).
 --
@@ -32,6 +33,7 @@ for i = 4, #KEYS do
             redis.call('PUBLISH', ARGV[3] .. id, 'Canceled')
         else
             redis.call('HSET', KEYS[i], 's', 'Queued', 'd', ARGV[1], 'u', ARGV[1])
+            redis.call('HINCRBY', KEYS[i], 'hb', 1)
             redis.call('ZADD', KEYS[1], ARGV[1], id)
             queued = queued + 1
         end

@@ -28,6 +28,9 @@ from async_endpoints.manager import JobManager, process_owner
 logger = logging.getLogger(__name__)
 
 # How long to back off after a store failure: 0.1 s doubling up to 5 s.
+# How long stop() waits, after telling handlers ``shutdown``, for those that stop
+# early to return (to log or save what they must); their results are not recorded.
+_TOLD_GRACE = 1.0
 _BACKOFF = tenacity.wait_exponential(multiplier=0.1, max=5.0)
 
 
@@ -37,6 +40,8 @@ class _Run:
     cancelled: CancelEvent = field(default_factory=CancelEvent)
     started: float = field(default_factory=time.monotonic)
     timed_out: bool = False
+    running: bool = False  # a handler thread took it up
+    returned: threading.Event = field(default_factory=threading.Event)
 
 
 class Worker:
@@ -159,6 +164,10 @@ class Worker:
                 )
             for run in leftover:
                 run.cancelled.cancel("shutdown")
+            told_until = time.monotonic() + _TOLD_GRACE
+            for run in leftover:
+                if run.running and not self._hurry.is_set():
+                    run.returned.wait(max(0.0, told_until - time.monotonic()))
         # The dispatcher may sit in a blocking store wait; it checks the stop flag
         # before it claims again (and hands back a claim that raced the stop), so
         # only the housekeeping thread is joined.
@@ -273,6 +282,13 @@ class Worker:
         with self._lock:
             if run.claim.token not in self._runs:
                 return None  # handed back by stop() before it started
+            run.running = True
+        try:
+            return self._run_and_follow(run)
+        finally:
+            run.returned.set()
+
+    def _run_and_follow(self, run: _Run) -> _Run | None:
         claims: list[Claim] | None = None
         try:
             claims = self.manager.run(

@@ -102,6 +102,17 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def redis_server_aof() -> Iterator[RedisServer]:
+    """A redis-server of this test alone, persisting every write (restartable)."""
+    server = RedisServer(
+        redis_binary(), "--appendonly", "yes", "--appendfsync", "always"
+    )
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
 def app() -> Flask:
     """A fresh app on the memory store with no background worker."""
     app = Flask(__name__)

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ import redis
 from flask import Flask
 
 from async_endpoints import AsyncEndpoints, Job, JobStatus
-from tests.conftest import RedisServer, free_port, redis_binary
+from tests.conftest import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.redis, pytest.mark.gunicorn, pytest.mark.slow]
@@ -129,17 +129,6 @@ class Gunicorn:
                 self.proc.wait(timeout=10)
         self.proc = None
         return time.monotonic() - began
-
-
-@pytest.fixture
-def redis_server_aof(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test alone, persisting every write (restartable)."""
-    server = RedisServer(
-        redis_binary(), "--appendonly", "yes", "--appendfsync", "always"
-    )
-    server.start()
-    yield server
-    server.remove()
 
 
 def make_env(redis_url: str, **config: object) -> dict[str, str]:
@@ -350,3 +339,110 @@ def test_workers_survive_a_redis_restart(
     finally:
         server.stop()
     assert all(j is not None and j.status is JobStatus.COMPLETED for j in jobs)
+
+
+def reasons(redis_url: str) -> dict[str, str]:
+    """Why each stopped run of ``Steps`` stopped (``ctx.cancel_reason``)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return client.hgetall("itest-reasons")
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+def test_graceful_stop_never_records_a_partial_result(
+    redis_server: RedisServer, tmp_path: Path, preload: bool
+) -> None:
+    """Handlers that stop early when told to (as the README advises) return within
+    the grace period: what they return is not a result. Every job is handed back,
+    told ``shutdown``, and finished in full by the next gunicorn."""
+    url = redis_server.url
+    redis.Redis.from_url(url).flushdb()
+    env = make_env(
+        url,
+        AE_TEST_STEP_SECONDS=0.05,
+        CLAIM_TIMEOUT_SECONDS=600,
+        SHUTDOWN_GRACE_SECONDS=3,
+        MAX_CONCURRENCY=4,
+    )
+    server = Gunicorn(tmp_path, env, preload=preload)
+    server.start()
+    app, ae = observer(url)
+    ids = []
+    for _ in range(8):
+        status, body = server.request("POST", "/steps", {"steps": 400})
+        assert status == 202, body
+        ids.append(body["id"])
+    client = redis.Redis.from_url(url)
+    try:
+        deadline_wait(
+            lambda: client.zcard("{itest}:claimed") == 8, 20, "8 running jobs"
+        )
+    finally:
+        client.close()
+    took = server.stop(signal.SIGTERM)
+    assert took < 10, f"graceful stop took {took:.1f}s"
+    after_stop = jobs_of(app, ae, ids)
+    assert [j.status if j else None for j in after_stop] == [JobStatus.QUEUED] * 8, [
+        (j.status, j.result) for j in after_stop if j
+    ]
+    assert all(j.retry_count == 0 and j.result is None for j in after_stop if j)
+    assert reasons(url) == dict.fromkeys(ids, "shutdown")
+
+    env["AE_TEST_STEP_SECONDS"] = "0.001"
+    again = Gunicorn(tmp_path, env, preload=preload)
+    again.start()
+    try:
+        deadline_wait(lambda: all_finished(app, ae, ids), 60, "handed-back jobs")
+    finally:
+        again.stop()
+    finished = jobs_of(app, ae, ids)
+    assert all(j is not None and j.status is JobStatus.COMPLETED for j in finished)
+    assert all(j.result["steps"] == 400 for j in finished if j)  # type: ignore[index]
+    assert runs(url) == dict.fromkeys(ids, 2)
+
+
+def test_a_cancel_reaches_a_job_in_another_process_at_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A cancel from another process is not left for the next heartbeat (a lease
+    of 60 s beats every 20 s): the handler is told within a second or two."""
+    url = redis_server.url
+    redis.Redis.from_url(url).flushdb()
+    env = make_env(url, AE_TEST_STEP_SECONDS=0.02, CLAIM_TIMEOUT_SECONDS=60)
+    server = Gunicorn(tmp_path, env, preload=True)
+    server.start()
+    app, ae = observer(url)
+    try:
+        status, body = server.request("POST", "/steps", {"steps": 5000})
+        assert status == 202, body
+        job_id = body["id"]
+
+        def progressing() -> bool:
+            job = jobs_of(app, ae, [job_id])[0]
+            return job is not None and job.progress is not None
+
+        deadline_wait(progressing, 20, "the job to report progress")
+        status, body = server.request("GET", f"/jobs/{job_id}")
+        assert (status, body["status"], body["cancelRequested"]) == (
+            200,
+            "InProgress",
+            False,
+        )
+        with app.app_context():
+            flagged = ae.cancel(job_id)  # from this process: neither gunicorn worker
+        assert flagged.cancel_requested
+        status, body = server.request("GET", f"/jobs/{job_id}")
+        assert body["cancelRequested"] is True or body["status"] == "Canceled"
+        began = time.monotonic()
+        deadline_wait(
+            lambda: jobs_of(app, ae, [job_id])[0].status is JobStatus.CANCELED,  # type: ignore[union-attr]
+            10,
+            "the job to end Canceled",
+        )
+        assert time.monotonic() - began < 3
+    finally:
+        server.stop()
+    assert reasons(url) == {job_id: "canceled"}
+    assert runs(url) == {job_id: 1}

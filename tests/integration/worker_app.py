@@ -37,3 +37,20 @@ def count(ctx: AsyncContext) -> dict[str, object]:
     if JOB_SECONDS:
         time.sleep(JOB_SECONDS)
     return {"n": ctx.request["n"] * 2, "pid": os.getpid()}
+
+
+STEP_SECONDS = float(os.environ.get("AE_TEST_STEP_SECONDS", "0.05"))
+
+
+@ae.post("/steps", name="Steps")
+def steps(ctx: AsyncContext) -> dict[str, object]:
+    """Work in steps, stopping early when told to, as the README advises; record
+    each run and, when stopped, why."""
+    total = int(ctx.request["steps"])
+    _counter.hincrby("itest-runs", str(ctx.job_id), 1)
+    for step in range(total):
+        if ctx.cancelled.wait(STEP_SECONDS):
+            _counter.hset("itest-reasons", str(ctx.job_id), str(ctx.cancel_reason))
+            return {"stopped_at_step": step}
+        ctx.report_progress((step + 1) / total)
+    return {"steps": total, "pid": os.getpid()}

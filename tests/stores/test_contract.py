@@ -18,7 +18,7 @@ from async_endpoints.errors import (
     QueueFullError,
 )
 from async_endpoints.jobs import Claim, ErrorInfo, Idempotency, JobStatus, Progress
-from async_endpoints.stores import JobStore
+from async_endpoints.stores import JobStore, MemoryStore
 from tests.stores.conftest import make_job
 
 NOW = 1000.0
@@ -616,3 +616,194 @@ def test_notify_wakes_a_waiter(store: JobStore) -> None:
     began = time.monotonic()
     assert store.wait_for_work(20.0) is True
     assert time.monotonic() - began < 10
+
+
+# -- hand-backs -----------------------------------------------------------------------
+
+
+def test_each_release_counts_one_more_handback(store: JobStore) -> None:
+    job_id = submit(store)
+    first = claim_one(store)
+    assert first.job.handbacks == 0
+    store.release([first], ttl=TTL, now=NOW + 1)
+    job = store.get(job_id, now=NOW + 1)
+    assert job is not None
+    assert job.status is JobStatus.QUEUED
+    assert job.handbacks == 1
+    second = claim_one(store, now=NOW + 1)
+    assert second.job.handbacks == 1  # the manager sees the count in the claim
+    store.release([second], ttl=TTL, now=NOW + 2)
+    third = claim_one(store, now=NOW + 2)
+    assert third.job.handbacks == 2
+    assert third.job.retry_count == 0
+    assert third.job.attempt == 1
+    # A stale release (claims no longer held) counts nothing.
+    store.release([first, second], ttl=TTL, now=NOW + 3)
+    running = store.get(job_id, now=NOW + 3)
+    assert running is not None
+    assert running.status is JobStatus.IN_PROGRESS
+    assert running.handbacks == 2
+
+
+@pytest.mark.parametrize(
+    ("outcome", "ends"),
+    [
+        ("complete", JobStatus.COMPLETED),
+        ("retry", JobStatus.SCHEDULED),
+        ("fail", JobStatus.FAILED),
+        ("complete-canceled", JobStatus.CANCELED),
+        ("fail-canceled", JobStatus.CANCELED),
+    ],
+)
+def test_complete_and_every_fail_reset_the_handbacks(
+    store: JobStore, outcome: str, ends: JobStatus
+) -> None:
+    job_id = submit(store)
+    for n in range(2):
+        store.release([claim_one(store, now=NOW + n)], ttl=TTL, now=NOW + n)
+    claim = claim_one(store, now=NOW + 2)
+    assert claim.job.handbacks == 2
+    if outcome.endswith("-canceled"):
+        store.cancel(job_id, ttl=TTL, now=NOW + 2)
+    if outcome.startswith("complete"):
+        assert store.complete(claim, "done", ttl=TTL, now=NOW + 3)
+    else:
+        retry_at = NOW + 4 if outcome == "retry" else None
+        assert store.fail(claim, BOOM, retry_at=retry_at, ttl=TTL, now=NOW + 3)
+    job = store.get(job_id, now=NOW + 3)
+    assert job is not None
+    assert job.status is ends
+    assert job.handbacks == 0
+    if ends is JobStatus.SCHEDULED:
+        again = claim_one(store, now=NOW + 4)
+        assert again.job.handbacks == 0
+        assert again.job.attempt == 2
+
+
+def test_a_handed_back_job_whose_cancel_was_requested_ends_canceled(
+    store: JobStore,
+) -> None:
+    job_id = submit(store)
+    store.release([claim_one(store)], ttl=TTL, now=NOW + 1)
+    claim = claim_one(store, now=NOW + 1)
+    store.cancel(job_id, ttl=TTL, now=NOW + 2)
+    store.release([claim], ttl=TTL, now=NOW + 3)
+    job = store.get(job_id, now=NOW + 3)
+    assert job is not None
+    assert job.status is JobStatus.CANCELED
+    assert job.completed_at == NOW + 3
+    assert job.handbacks == 1  # ended, not handed back: no hand-back counted
+    assert store.queue_size() == 0
+    assert store.claim("w", limit=10, lease=LEASE, now=NOW + 100) == []
+
+
+# -- workers ------------------------------------------------------------------------
+
+
+def test_unregister_worker_forgets_it_at_once(store: JobStore) -> None:
+    store.register_worker("w1", ttl=30, now=NOW)
+    store.register_worker("w2", ttl=30, now=NOW + 1)
+    assert store.stats(now=NOW + 2).workers == {"w1": NOW, "w2": NOW + 1}
+    store.unregister_worker("w1")
+    assert store.stats(now=NOW + 2).workers == {"w2": NOW + 1}
+    # Unknown (or already forgotten) workers are a no-op.
+    store.unregister_worker("w1")
+    store.unregister_worker("nobody")
+    assert store.stats(now=NOW + 2).workers == {"w2": NOW + 1}
+    store.unregister_worker("w2")
+    assert store.stats(now=NOW + 2).workers == {}
+    # A worker that comes back is counted again.
+    store.register_worker("w1", ttl=30, now=NOW + 3)
+    assert store.stats(now=NOW + 3).workers == {"w1": NOW + 3}
+
+
+def test_unregister_worker_on_a_store_without_workers(store: JobStore) -> None:
+    store.unregister_worker("nobody")
+    assert store.stats(now=NOW).workers == {}
+
+
+# -- cancellations told at once -------------------------------------------------------
+
+
+@pytest.fixture(params=["fakeredis_store", "redis_store"])
+def shared_store(request: pytest.FixtureRequest) -> JobStore:
+    """The stores several processes share: they tell every process of a cancel."""
+    result: JobStore = request.getfixturevalue(request.param)
+    return result
+
+
+def listen_for_cancels(store: JobStore) -> None:
+    """Make ``store`` listen for cancels, and prove it: a probe's cancel is heard.
+
+    The first wait subscribes; a cancel published before the server took the
+    subscription would be missed, so probes go on until one is heard. Call it
+    first: each probe is claimed at once and stays InProgress (flagged), so it
+    never reaches the test's own claims.
+    """
+    store.wait_for_cancels(0.01)
+    for _ in range(10):
+        probe = submit(store, now=NOW - 100)
+        assert claim_one(store, now=NOW - 100, owner="probe").job_id == probe
+        store.cancel(probe, ttl=TTL, now=NOW - 100)
+        if probe in store.wait_for_cancels(2.0):
+            return
+    pytest.fail("wait_for_cancels never heard a probe's cancel")
+
+
+def test_a_quiet_wait_for_cancels_waits_its_timeout(store: JobStore) -> None:
+    began = time.monotonic()
+    assert store.wait_for_cancels(0.1) == []
+    elapsed = time.monotonic() - began
+    assert 0.09 <= elapsed < 5  # it waits (the listener loops on it), not spins
+
+
+def test_memory_wait_for_cancels_only_waits(memory_store: MemoryStore) -> None:
+    # In one process the manager tells its runs directly: nothing to hear.
+    job_id = submit(memory_store)
+    claim_one(memory_store)
+    heard: list[list[uuid.UUID]] = []
+    thread = threading.Thread(
+        target=lambda: heard.append(memory_store.wait_for_cancels(0.2))
+    )
+    began = time.monotonic()
+    thread.start()
+    assert memory_store.cancel(job_id, ttl=TTL, now=NOW + 1).cancel_requested
+    thread.join(timeout=10)
+    assert heard == [[]]
+    assert 0.19 <= time.monotonic() - began < 5
+
+
+def test_cancel_of_a_running_job_reaches_a_waiter_at_once(
+    shared_store: JobStore,
+) -> None:
+    store = shared_store
+    listen_for_cancels(store)
+    job_id = submit(store)
+    claim_one(store)
+    heard: list[list[uuid.UUID]] = []
+    thread = threading.Thread(target=lambda: heard.append(store.wait_for_cancels(5.0)))
+    began = time.monotonic()
+    thread.start()
+    job = store.cancel(job_id, ttl=TTL, now=NOW + 1)
+    assert job.status is JobStatus.IN_PROGRESS
+    assert job.cancel_requested
+    thread.join(timeout=10)
+    assert heard == [[job_id]]
+    assert time.monotonic() - began < 2.5, "the waiter sat out its timeout"
+
+
+def test_a_second_cancel_of_a_flagged_job_is_not_told_again(
+    shared_store: JobStore,
+) -> None:
+    store = shared_store
+    listen_for_cancels(store)
+    first = submit(store, now=NOW)
+    second = submit(store, now=NOW + 1)
+    claims = store.claim("w1", limit=2, lease=LEASE, now=NOW + 1)
+    assert [c.job_id for c in claims] == [first, second]
+    store.cancel(first, ttl=TTL, now=NOW + 2)
+    assert store.wait_for_cancels(5.0) == [first]
+    assert store.cancel(first, ttl=TTL, now=NOW + 3).cancel_requested
+    # Published in order on one channel: a repeat for ``first`` would come first.
+    store.cancel(second, ttl=TTL, now=NOW + 4)
+    assert store.wait_for_cancels(5.0) == [second]

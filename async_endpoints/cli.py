@@ -95,11 +95,11 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _manager() -> JobManager:
-    from async_endpoints.extension import AsyncEndpoints
+    from async_endpoints.state import extension_of
     from async_endpoints.stores.memory import MemoryStore
 
-    ext = current_app.extensions.get("async_endpoints")
-    if not isinstance(ext, AsyncEndpoints):
+    ext = extension_of(current_app._get_current_object())  # type: ignore[attr-defined]
+    if ext is None:
         raise click.ClickException("This app has no AsyncEndpoints extension.")
     manager = ext._state().manager
     if isinstance(manager.store, MemoryStore):

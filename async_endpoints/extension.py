@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
-from flask import Flask, Response, current_app, has_app_context, has_request_context
+from flask import Flask, current_app, has_app_context, has_request_context
 
 from async_endpoints.errors import ConfigurationError, JobNotFoundError
 from async_endpoints.jobs import Job, parse_job_id
@@ -20,35 +18,18 @@ from async_endpoints.manager import (
     HandlerSpec,
     JobManager,
     Validator,
-    process_owner,
 )
 from async_endpoints.settings import DEFAULTS, PREFIX, Settings
 from async_endpoints.signals import SIGNALS
-from async_endpoints.stores import JobStore, open_store
+from async_endpoints.state import INSTANCES, AppState, ResponseHook
+from async_endpoints.stores import open_store
 from async_endpoints.views import job_view, submit_view
 from async_endpoints.worker import Worker
 
 logger = logging.getLogger(__name__)
 
 _H = TypeVar("_H", bound=Handler)
-ResponseHook = Callable[[Job, Response], Response]
 OwnerFunc = Callable[[], "str | None"]
-
-#: Every extension initialised in this process (for the gunicorn hooks).
-_INSTANCES: weakref.WeakSet[AsyncEndpoints] = weakref.WeakSet()
-
-
-@dataclass(eq=False)
-class _AppState:
-    """What the extension holds for one app."""
-
-    settings: Settings
-    store: JobStore
-    manager: JobManager
-    worker: Worker | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    sync_owner: str = field(default_factory=process_owner)
-
 
 class AsyncEndpoints:
     """Asynchronous request-reply endpoints for a Flask app.
@@ -72,7 +53,7 @@ class AsyncEndpoints:
     def __init__(self, app: Flask | None = None, *, store: Any = None) -> None:
         self._store_arg = store
         self._handlers: dict[str, HandlerSpec] = {}
-        self._states: weakref.WeakKeyDictionary[Flask, _AppState] = (
+        self._states: weakref.WeakKeyDictionary[Flask, AppState] = (
             weakref.WeakKeyDictionary()
         )
         self._owner_func: OwnerFunc | None = None
@@ -125,9 +106,9 @@ class AsyncEndpoints:
                 SIGNALS[event].send(bound, job=job, **details)
 
         manager = JobManager(store, settings, self._handlers, app_context, on_event)
-        self._states[app] = _AppState(settings=settings, store=store, manager=manager)
+        self._states[app] = AppState(settings=settings, store=store, manager=manager)
         app.extensions["async_endpoints"] = self
-        _INSTANCES.add(self)
+        INSTANCES.add(self)
 
         app.add_url_rule(
             f"{settings.jobs_url}/<job_id>",
@@ -397,13 +378,13 @@ class AsyncEndpoints:
             warn_if_memory_store(state.store)
             self._ensure_worker(state)
 
-    def _current_state(self) -> _AppState | None:
+    def _current_state(self) -> AppState | None:
         if not has_app_context():
             return None
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
         return self._states.get(app)
 
-    def _state(self) -> _AppState:
+    def _state(self) -> AppState:
         if not has_app_context():
             raise ConfigurationError(
                 "Working outside of an application context; use "
@@ -424,7 +405,7 @@ class AsyncEndpoints:
         # An empty owner is no owner, for visibility and idempotency alike.
         return str(owner) if owner else None
 
-    def _ensure_worker(self, state: _AppState) -> None:
+    def _ensure_worker(self, state: AppState) -> None:
         if not state.settings.start_worker:
             return
         worker = state.worker

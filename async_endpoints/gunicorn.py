@@ -59,9 +59,9 @@ def post_fork(server: _Server, worker: _GunicornWorker) -> None:
     _marked = os.getpid()
     cfg: Any = getattr(server, "cfg", None)
     _several_workers = int(getattr(cfg, "workers", 1) or 1) > 1
-    from async_endpoints.extension import _INSTANCES
+    from async_endpoints.state import INSTANCES
 
-    for ext in list(_INSTANCES):
+    for ext in list(INSTANCES):
         ext._start_workers()
 
 
@@ -74,7 +74,7 @@ def worker_exit(server: _Server, worker: _GunicornWorker) -> None:
     """
     if worker.pid != os.getpid():
         return
-    from async_endpoints.extension import _INSTANCES
+    from async_endpoints.state import INSTANCES
 
-    for ext in list(_INSTANCES):
+    for ext in list(INSTANCES):
         ext.shutdown()

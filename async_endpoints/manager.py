@@ -307,7 +307,7 @@ class JobManager:
         now = time.time()
         stats = self.store.stats(now=now)
         horizon = now - 2 * self.settings.claim_timeout_seconds / 3
-        live = {name: seen for name, seen in stats.workers.items() if seen > horizon}
+        live = {name: seen for name, seen in stats.workers.items() if seen >= horizon}
         return dataclasses.replace(stats, workers=live)
 
     def register_worker(self, owner: str) -> None:

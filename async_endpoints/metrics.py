@@ -60,7 +60,9 @@ class PrometheusMetrics:
                 "PrometheusMetrics needs prometheus_client: "
                 "pip install 'async-endpoints[metrics]'."
             )
-        ext = app.extensions.get("async_endpoints")
+        from async_endpoints.state import extension_of
+
+        ext = extension_of(app)
         if ext is None:
             raise ConfigurationError(
                 "Initialise AsyncEndpoints on this app before PrometheusMetrics."

@@ -36,8 +36,8 @@ from async_endpoints.jobs import Job, parse_job_id, retry_after_seconds
 from async_endpoints.models import parse_model
 
 if TYPE_CHECKING:
-    from async_endpoints.extension import AsyncEndpoints, _AppState
     from async_endpoints.manager import HandlerSpec
+    from async_endpoints.state import AppState, Extension
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def problems(view: _F) -> _F:
 
 
 def job_response(
-    state: _AppState, job: Job, status: int = 200, *extra: tuple[str, str]
+    state: AppState, job: Job, status: int = 200, *extra: tuple[str, str]
 ) -> Response:
     """The job JSON with ``Location``, while pending ``Retry-After``, and ``extra``
     headers."""
@@ -132,7 +132,7 @@ def job_response(
     )
 
 
-def jobs_location(state: _AppState, job: Job) -> str:
+def jobs_location(state: AppState, job: Job) -> str:
     """The path of the job's status resource."""
     return f"{request.script_root}{state.settings.jobs_url}/{job.id}"
 
@@ -149,10 +149,18 @@ def read_body(max_bytes: int = 0) -> Any:
     """
     app_limit = request.max_content_length
     ours = max_bytes > 0 and (app_limit is None or max_bytes < app_limit)
-    if ours:
+    limit = max_bytes if ours else app_limit
+    if limit is not None and request.content_length is None:
+        # Without Content-Length (chunked) the reader stops at the maximum without
+        # an error: read one byte more, so that a longer body is seen and refused
+        # instead of being cut to the limit.
+        request.max_content_length = limit + 1
+    elif ours:
         request.max_content_length = max_bytes
     try:
         data = request.get_data(cache=True)
+        if limit is not None and len(data) > limit:
+            raise RequestEntityTooLarge()
     except RequestEntityTooLarge:
         if not ours:
             raise
@@ -209,7 +217,7 @@ def _capped(digits: str, cap: float) -> int:
 
 
 def submit_view(
-    ext: AsyncEndpoints, spec: HandlerSpec
+    ext: Extension, spec: HandlerSpec
 ) -> Callable[..., ResponseReturnValue]:
     """The view of a handler's route: validate, queue, answer 202."""
 
@@ -274,7 +282,7 @@ def submit_view(
     return view
 
 
-def _job_or_404(ext: AsyncEndpoints, state: _AppState, job_id: str) -> Job:
+def _job_or_404(ext: Extension, state: AppState, job_id: str) -> Job:
     parsed = parse_job_id(job_id)
     if parsed is None:
         raise JobNotFoundError(f"No job with id '{job_id[:64]}'.")
@@ -284,7 +292,7 @@ def _job_or_404(ext: AsyncEndpoints, state: _AppState, job_id: str) -> Job:
     return job
 
 
-def job_view(ext: AsyncEndpoints) -> Callable[..., ResponseReturnValue]:
+def job_view(ext: Extension) -> Callable[..., ResponseReturnValue]:
     """``GET``/``DELETE <jobs url>/<id>``: status and cancellation."""
 
     @problems

@@ -387,7 +387,9 @@ def test_graceful_stop_never_records_a_partial_result(
     assert [j.status if j else None for j in after_stop] == [JobStatus.QUEUED] * 8, [
         (j.status, j.result) for j in after_stop if j
     ]
-    assert all(j.retry_count == 0 and j.result is None for j in after_stop if j)
+    assert all(j.retry_count == 0 and j.result is None for j in after_stop if j), [
+        (j.retry_count, j.result, j.error) for j in after_stop if j
+    ]
     assert reasons(url) == dict.fromkeys(ids, "shutdown")
 
     env["AE_TEST_STEP_SECONDS"] = "0.001"

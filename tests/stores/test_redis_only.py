@@ -195,7 +195,7 @@ def test_operations_survive_a_script_flush(
 
 
 def test_every_script_documents_its_keys_argv_and_reply() -> None:
-    folder = importlib.resources.files("async_endpoints.stores").joinpath("lua")
+    folder = importlib.resources.files("async_endpoints.stores.redis").joinpath("lua")
     names = {
         entry.name.removesuffix(".lua")
         for entry in folder.iterdir()
@@ -213,7 +213,7 @@ def test_every_script_documents_its_keys_argv_and_reply() -> None:
 
 
 def test_status_names_in_scripts_are_job_statuses() -> None:
-    folder = importlib.resources.files("async_endpoints.stores").joinpath("lua")
+    folder = importlib.resources.files("async_endpoints.stores.redis").joinpath("lua")
     statuses = {status.value for status in JobStatus}
     for name in SCRIPTS:
         code = "\n".join(

@@ -1,0 +1,57 @@
+"""``RedisStore``: the job store every process of a deployment shares through Redis.
+
+Each state transition is one Lua script (``stores/redis/lua/<method>.lua``), registered
+once per store and run by SHA (redis-py reloads it on ``NOSCRIPT``). The caller's
+clock arrives in ``ARGV`` as ``now``; scripts never read Redis ``TIME``.
+
+Key layout (``P`` is the prefix; the braces make ``{P}`` a Redis Cluster hash tag,
+so every key of one prefix lives in one slot)::
+
+    {P}:job:<uuid>       hash    one job (fields below); finished jobs carry an
+                                 EXPIRE of ceil(ttl) seconds
+    {P}:ready            zset    waiting (Queued and Scheduled) job ids, scored by
+                                 due time (epoch seconds)
+    {P}:claimed          zset    InProgress job ids, scored by lease end
+    {P}:wake             list    wake-up tokens for idle workers (BLPOP), at most 64
+    {P}:idem:<key>       string  "<job uuid>:<fingerprint>", PX = the key's ttl
+    {P}:workers          hash    live worker name -> last heartbeat
+
+and two kinds of Pub/Sub channels (not keys): ``{P}:ended:<uuid>``, told when
+the job ends (long polls), and ``{P}:cancels``, told the id of a running job
+whose cancellation was requested (every worker process listens).
+
+Key names are built in Python by ``_Keys`` and passed in ``KEYS``, with one
+exception: ``claim.lua``, ``recover_expired.lua`` and ``submit.lua`` (for the job an
+idempotency key names) learn job ids only inside the atomic step, so they receive
+the tagged prefix ``{P}:job:`` as a key and derive ``{P}:job:`` .. id. Those keys
+share the hash tag, hence the slot. No script calls ``KEYS`` or ``SCAN``.
+
+Job hash fields are short, and a field is absent when its value is ``None`` (or an
+empty mapping), to keep a finished job small (a few hundred bytes, listpack)::
+
+    n  name            s  status (JobStatus value)   m  max_retries
+    a  retry_count     c  created_at                 u  last_updated_at
+    b  started_at      e  completed_at               d  due_at (waiting only)
+    p  payload (JSON)  h  headers (JSON)             rp route_params (JSON)
+    qp query_params    o  owner                      r  result (JSON)
+    x  error (JSON [type, message, stack_trace])
+    g  progress (JSON [fraction, message])
+    k  "1" once cancellation was requested
+    hb hand-backs in a row (absent: none)
+    t  claim token     w  claiming worker            (InProgress only)
+
+Times are ``repr(float)`` strings, so they read back exactly. Values are JSON, never
+pickle.
+
+Deployments: a single Redis (``redis://``, ``rediss://``, ``unix://``), Sentinel
+(``redis+sentinel://``: a ``redis.Redis`` on a ``SentinelConnectionPool``, which asks
+the sentinels for the master on every new connection) or Cluster
+(``redis+cluster://``: a ``redis.cluster.RedisCluster``, which routes each command,
+EVALSHA included, by its keys' slot; all keys of one prefix share one slot). The
+Cluster client is made on first use, because redis-py's connects at construction:
+like the other URLs, opening the store contacts no server.
+"""
+
+from async_endpoints.stores.redis.store import RedisStore
+
+__all__ = ["RedisStore"]

@@ -1,0 +1,261 @@
+"""The connection half of ``RedisStore``: its client, error translation and
+script calls."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Protocol,
+    Self,
+)
+
+import redis
+import redis.backoff
+import redis.cluster
+import redis.connection
+import redis.exceptions
+import redis.retry
+import redis.sentinel
+
+from async_endpoints.errors import (
+    ConfigurationError,
+    StoreError,
+    StoreUnavailableError,
+)
+from async_endpoints.jobs import Job
+
+if TYPE_CHECKING:
+    from redis.commands.core import Script
+from async_endpoints.stores.redis.codec import _decode_job, _plain, _Reply
+from async_endpoints.stores.redis.connect import (
+    _CLUSTER_SCHEME,
+    _CONNECT_TIMEOUT,
+    _SCHEMES,
+    _SENTINEL_SCHEME,
+    _Client,
+    _cluster_connector,
+    _describe_client,
+    _redact,
+    _sentinel_client,
+)
+from async_endpoints.stores.redis.keys import (
+    _SCRIPT_NAMES,
+    _Keys,
+    _script_source,
+    _ScriptName,
+)
+
+
+class _BlockingConnection(Protocol):
+    """The part of a redis-py connection that ``wait_for_work`` drives by hand."""
+
+    def send_command(self, *args: object) -> None: ...
+
+    def read_response(self) -> object: ...
+
+    def disconnect(self) -> None: ...
+
+
+class _Connection:
+    """A Redis client bound to one key prefix, with the scripts registered."""
+
+    def __init__(self, client: _Client, *, prefix: str = "async_endpoints") -> None:
+        self._setup(prefix, _describe_client(client))
+        self._bind(client)
+
+    def _setup(self, prefix: str, target: str) -> None:
+        self._keys = _Keys(prefix)
+        self._prefix = prefix
+        self._target = target
+        self._client: _Client | None = None
+        self._scripts: dict[_ScriptName, Script] = {}
+        self._connect: Callable[[], _Client] | None = None
+        self._connect_lock = threading.Lock()
+        self._closers: list[Callable[[], None]] = []
+        self._next_due: float | None = None
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._blocked: set[_BlockingConnection] = set()
+        self._cancel_lock = threading.Lock()
+        self._cancel_pubsub: Any = None
+        self._cancel_renew_at = 0.0
+
+    def _bind(self, client: _Client) -> _Client:
+        self._scripts = {
+            name: client.register_script(_script_source(name)) for name in _SCRIPT_NAMES
+        }
+        self._client = client
+        return client
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "async_endpoints") -> Self:
+        """A store on a client it creates (and closes in :meth:`close`).
+
+        No server is contacted until the store is used.
+
+        :param url: ``redis://``, ``rediss://`` or ``unix://`` (one server),
+            ``redis+sentinel://host:port,host:port/service_name`` (the master that
+            the sentinels name) or ``redis+cluster://host:port,host:port`` (a
+            Cluster, found through any of these nodes). Credentials and redis-py's
+            connection options (``?socket_timeout=5``) may be given as in a
+            ``redis://`` URL.
+        :param prefix: the key namespace, as for the constructor.
+        :raises ConfigurationError: the URL is not a valid Redis URL.
+        """
+        if not url.startswith(_SCHEMES):
+            raise ConfigurationError(
+                f"{_redact(url)!r} is not a Redis URL: use redis://, rediss://, "
+                f"unix://, {_CLUSTER_SCHEME} or {_SENTINEL_SCHEME}."
+            )
+        store = cls.__new__(cls)
+        if url.startswith(_CLUSTER_SCHEME):
+            connect, target = _cluster_connector(url)
+            store._setup(prefix, target)
+            store._connect = connect
+            return store
+        close_more: Callable[[], None] | None = None
+        if url.startswith(_SENTINEL_SCHEME):
+            client, close_more = _sentinel_client(url)
+        else:
+            try:
+                client = redis.Redis.from_url(
+                    url, socket_connect_timeout=_CONNECT_TIMEOUT
+                )
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"Invalid Redis URL {_redact(url)!r}: {exc}"
+                ) from exc
+        try:
+            store._setup(prefix, _describe_client(client))
+            store._bind(client)
+        except BaseException:
+            client.close()
+            raise
+        store._closers.append(client.close)
+        if close_more is not None:
+            store._closers.append(close_more)
+        return store
+
+    def __repr__(self) -> str:
+        return f"<RedisStore {self._target} prefix={self._prefix!r}>"
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _redis(self) -> _Client:
+        """The client; a Cluster client a URL describes is made on first use."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._connect_lock:
+            if self._client is not None:
+                return self._client
+            if self._connect is None:  # pragma: no cover - set by from_url
+                raise StoreError("This RedisStore has no client.")
+            with self._translate_errors():
+                client = self._bind(self._connect())
+            self._closers.append(client.close)
+            return client
+
+    @contextlib.contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        """Turn redis-py's infrastructure errors into the library's store errors."""
+        try:
+            yield
+        except (
+            redis.ConnectionError,
+            redis.TimeoutError,
+            # A Cluster that is down, resharding, or that no node of can be reached.
+            redis.exceptions.ClusterDownError,
+            redis.exceptions.TryAgainError,
+            redis.exceptions.RedisClusterException,
+            # A master demoted to replica by a failover (READONLY).
+            redis.exceptions.ReadOnlyError,
+        ) as exc:
+            raise self._unavailable(exc) from exc
+        except redis.RedisError as exc:
+            if str(exc).startswith("NOREPLICAS"):  # min-replicas-to-write unmet
+                raise self._unavailable(exc) from exc
+            raise StoreError(f"Redis at {self._target} failed: {exc}") from exc
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"Redis at {self._target} is unavailable ({exc}). Check that the "
+            "server is running and that ASYNC_ENDPOINTS_STORE_URL points at it."
+        )
+
+    def _call(
+        self, name: _ScriptName, keys: Sequence[str], args: Sequence[str]
+    ) -> _Reply:
+        with self._translate_errors():
+            self._redis()
+            script: Script = self._scripts[name]
+            reply: object = script(keys=list(keys), args=list(args))
+        return _plain(reply)
+
+    # -- JobStore --------------------------------------------------------------------
+
+    def get(self, job_id: uuid.UUID, *, now: float) -> Job | None:
+        """The job with this id, or ``None`` if unknown or expired.
+
+        Redis expires finished jobs itself, so ``now`` is not consulted.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        with self._translate_errors():
+            raw: object = self._redis().hgetall(self._keys.job(job_id))
+        if not isinstance(raw, Mapping):
+            raise StoreError(f"Expected a hash from Redis, got {raw!r}")
+        if not raw:
+            return None
+        flat = _plain([item for pair in raw.items() for item in pair])
+        return _decode_job(str(job_id), flat)
+
+    def _pipeline(
+        self, client: _Client, calls: Sequence[tuple[_ScriptName, list[str], list[str]]]
+    ) -> list[_Reply]:
+        """Several scripts in one round trip.
+
+        A script the server does not have (``NOSCRIPT``: first use, a flush, a
+        failover) is run again on its own, which loads it; the others' replies
+        stand, since each script is atomic and already ran.
+        """
+        with self._translate_errors():
+            pipe = client.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            raw: list[object] = pipe.execute(raise_on_error=False)
+        replies: list[_Reply] = []
+        for (name, keys, args), reply in zip(calls, raw, strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                replies.append(self._call(name, keys, args))
+                continue
+            if isinstance(reply, Exception):
+                with self._translate_errors():
+                    raise reply
+            replies.append(_plain(reply))
+        return replies
+
+    def close(self) -> None:
+        """Wake blocked waiters and, if :meth:`from_url` made the client, close it
+        (and, for Sentinel, its connections to the sentinels).
+
+        A client passed to the constructor stays open: it belongs to the caller.
+        """
+        with self._lock:
+            self._closed.set()
+            blocked = list(self._blocked)
+        for connection in blocked:
+            connection.disconnect()
+        with self._cancel_lock:
+            pubsub, self._cancel_pubsub = self._cancel_pubsub, None
+        if pubsub is not None:
+            pubsub.close()
+        with self._connect_lock:
+            closers, self._closers = self._closers, []
+        for close in closers:
+            close()

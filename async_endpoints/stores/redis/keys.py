@@ -1,0 +1,70 @@
+"""Key names under the ``{prefix}`` hash tag, and the Lua scripts' sources."""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import uuid
+from typing import (
+    Final,
+    Literal,
+    TypeAlias,
+    get_args,
+)
+
+from async_endpoints.errors import (
+    ConfigurationError,
+)
+
+_ScriptName: TypeAlias = Literal[
+    "submit",
+    "claim",
+    "heartbeat",
+    "complete",
+    "fail",
+    "report_progress",
+    "release",
+    "cancel",
+    "recover_expired",
+    "retry",
+    "register_worker",
+    "purge",
+]
+_SCRIPT_NAMES: Final[tuple[_ScriptName, ...]] = get_args(_ScriptName)
+
+
+@functools.cache
+def _script_source(name: _ScriptName) -> str:
+    package = __package__ or __name__.rpartition(".")[0]
+    resource = importlib.resources.files(package).joinpath("lua", f"{name}.lua")
+    return resource.read_text(encoding="utf-8")
+
+
+class _Keys:
+    """Every key name the store uses, under the ``{prefix}`` hash tag."""
+
+    def __init__(self, prefix: str) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ConfigurationError(
+                f"Redis key prefix {prefix!r} is invalid: use a non-empty prefix "
+                "without braces (it becomes the {prefix} Cluster hash tag)."
+            )
+        tag = "{" + prefix + "}"
+        self.ready: Final = f"{tag}:ready"
+        self.claimed: Final = f"{tag}:claimed"
+        self.wake: Final = f"{tag}:wake"
+        self.workers: Final = f"{tag}:workers"
+        self.job_prefix: Final = f"{tag}:job:"
+        self._idem_prefix: Final = f"{tag}:idem:"
+        self._ended_prefix: Final = f"{tag}:ended:"
+        self.cancels: Final = f"{tag}:cancels"
+
+    def job(self, job_id: uuid.UUID | str) -> str:
+        return f"{self.job_prefix}{job_id}"
+
+    def idem(self, key: str) -> str:
+        return f"{self._idem_prefix}{key}"
+
+    def ended(self, job_id: uuid.UUID | str) -> str:
+        """The Pub/Sub channel (not a key) told when the job ends."""
+        return f"{self._ended_prefix}{job_id}"

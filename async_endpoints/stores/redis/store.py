@@ -1,0 +1,376 @@
+"""``RedisStore``: the job store every process of a deployment shares through
+Redis; each state transition is one Lua script."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import uuid
+from collections.abc import Sequence
+
+import redis
+import redis.backoff
+import redis.cluster
+import redis.connection
+import redis.exceptions
+import redis.retry
+import redis.sentinel
+
+from async_endpoints.errors import (
+    IdempotencyConflictError,
+    JobFinishedError,
+    JobNotFoundError,
+    QueueFullError,
+)
+from async_endpoints.jobs import (
+    Claim,
+    ErrorInfo,
+    HeartbeatResult,
+    Idempotency,
+    Job,
+    JobStatus,
+    JSONValue,
+    Progress,
+)
+from async_endpoints.stores.redis.codec import (
+    _decode_claims,
+    _decode_job,
+    _dump,
+    _dump_error,
+    _dump_progress,
+    _encode_job,
+    _int,
+    _list,
+    _num,
+    _plain,
+    _Reply,
+    _str,
+    _ttl_seconds,
+)
+from async_endpoints.stores.redis.keys import _ScriptName
+from async_endpoints.stores.redis.queries import _Queries
+from async_endpoints.stores.redis.waits import _Waits
+
+
+class RedisStore(_Waits, _Queries):
+    """Keeps jobs in Redis, shared by every process and host that uses the prefix.
+
+    :param client: a ``redis.Redis`` client (one server, or the master through
+        Sentinel: ``Sentinel(...).master_for(...)``) or a
+        ``redis.cluster.RedisCluster``; the store never closes it.
+    :param prefix: the key namespace (``ASYNC_ENDPOINTS_KEY_PREFIX``); it becomes the
+        ``{prefix}`` hash tag, so it may not contain braces.
+    :raises ConfigurationError: the prefix is empty or contains braces.
+    """
+
+    def submit(
+        self,
+        job: Job,
+        *,
+        max_queue_size: int,
+        idempotency: Idempotency | None = None,
+        now: float,
+    ) -> Job:
+        """Store ``job`` as Queued, due at ``now``, and wake one idle worker.
+
+        :param job: the new job.
+        :param max_queue_size: how many jobs may wait; 0 means no limit.
+        :param idempotency: a key whose live job is returned instead.
+        :param now: epoch seconds.
+        :returns: the stored job, or the one the idempotency key made.
+        :raises QueueFullError: ``max_queue_size`` jobs already wait.
+        :raises IdempotencyConflictError: the key was used with another fingerprint.
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        stored = dataclasses.replace(
+            job, status=JobStatus.QUEUED, due_at=now, last_updated_at=now
+        )
+        keys = [self._keys.job(job.id), self._keys.ready, self._keys.wake]
+        record = ttl_ms = ""
+        if idempotency is not None:
+            keys += [self._keys.idem(idempotency.key), self._keys.job_prefix]
+            record = f"{job.id}:{idempotency.fingerprint}"
+            ttl_ms = str(max(1, math.ceil(idempotency.ttl * 1000)))
+        args = [str(max_queue_size), _num(now), str(job.id), record, ttl_ms]
+        reply = _list(self._call("submit", keys, args + _encode_job(stored)))
+        code = _int(reply[0])
+        if code == -1:
+            raise QueueFullError(
+                f"The queue is full ({max_queue_size} jobs wait); try again later.",
+                retry_after=1.0,
+            )
+        if code == -2:
+            raise IdempotencyConflictError(
+                "This Idempotency-Key was already used with a different request; "
+                "send a new key for a new request."
+            )
+        if code == 1:
+            return _decode_job(_str(reply[1]), reply[2])
+        return stored
+
+    def find_idempotent(self, idempotency: Idempotency, *, now: float) -> Job | None:
+        """The live job that ``idempotency.key`` made, or ``None``.
+
+        A read, not a transition: the key, then the job it names (a job that
+        expired in between reads as no job). Redis expires both keys itself, so
+        ``now`` is not consulted.
+
+        :raises IdempotencyConflictError: the key was used with another fingerprint.
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        with self._translate_errors():
+            raw: object = self._redis().get(self._keys.idem(idempotency.key))
+        record = _plain(raw)
+        if record is None:
+            return None
+        record = _str(record)
+        job = self.get(uuid.UUID(record[:36]), now=now)
+        if job is not None and record[37:] != idempotency.fingerprint:
+            raise IdempotencyConflictError(
+                "This Idempotency-Key was already used with a different request; "
+                "send a new key for a new request."
+            )
+        return job
+
+    def claim(self, owner: str, *, limit: int, lease: float, now: float) -> list[Claim]:
+        """Lease up to ``limit`` due jobs to ``owner``, earliest due first.
+
+        Also remembers when the earliest job left waiting falls due, so that
+        :meth:`wait_for_work` sleeps no longer than that.
+
+        :param owner: the worker's name, kept on the job while it runs.
+        :param limit: the most jobs to take.
+        :param lease: seconds each lease lasts unless renewed.
+        :param now: epoch seconds.
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        if limit <= 0:
+            return []
+        keys, args = self._claim_call(owner, limit, now + lease, now)
+        return self._claimed(self._call("claim", keys, args), now + lease)
+
+    def _claim_call(
+        self, owner: str, limit: int, lease_until: float, now: float
+    ) -> tuple[list[str], list[str]]:
+        args = [_num(now), str(limit), _num(lease_until), uuid.uuid4().hex, owner]
+        return [self._keys.ready, self._keys.claimed, self._keys.job_prefix], args
+
+    def _claimed(self, raw: _Reply, lease_until: float) -> list[Claim]:
+        reply = _list(raw)
+        next_due = _str(reply[0])
+        self._next_due = float(next_due) if next_due else None
+        return _decode_claims(reply[1:], lease_until)
+
+    def heartbeat(
+        self, claims: Sequence[Claim], *, lease: float, now: float
+    ) -> HeartbeatResult:
+        """Renew, in one step, the leases of ``claims`` still held.
+
+        :param claims: the claims the worker believes it holds.
+        :param lease: seconds from ``now`` the renewed leases last.
+        :param now: epoch seconds.
+        :returns: which claims are still held, and which of those were canceled.
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        if not claims:
+            return HeartbeatResult(held=frozenset())
+        keys = [self._keys.claimed] + [self._keys.job(c.job_id) for c in claims]
+        args = [_num(now + lease)]
+        for c in claims:
+            args += [str(c.job_id), c.token]
+        codes = _list(self._call("heartbeat", keys, args))
+        held = {c.job_id for c, code in zip(claims, codes, strict=True) if code}
+        canceling = {
+            c.job_id for c, code in zip(claims, codes, strict=True) if code == 2
+        }
+        return HeartbeatResult(
+            held=frozenset(held), cancel_requested=frozenset(canceling)
+        )
+
+    def complete(
+        self, claim: Claim, result: JSONValue, *, ttl: float, now: float
+    ) -> bool:
+        """Mark the job Completed with ``result`` (Canceled if cancel was asked).
+
+        :param claim: the worker's claim; its token must still be current.
+        :param result: the handler's JSON result.
+        :param ttl: seconds the finished job is kept.
+        :param now: epoch seconds.
+        :returns: whether the claim was still held (and the job finished).
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        keys, args = self._complete_call(claim, result, ttl, now)
+        return _int(self._call("complete", keys, args)) == 1
+
+    def _complete_call(
+        self, claim: Claim, result: JSONValue, ttl: float, now: float
+    ) -> tuple[list[str], list[str]]:
+        keys = [self._keys.job(claim.job_id), self._keys.ready, self._keys.claimed]
+        encoded = "" if result is None else _dump(result)
+        args = [str(claim.job_id), claim.token, _num(now), encoded, _ttl_seconds(ttl)]
+        return keys, [*args, self._keys.ended(claim.job_id)]
+
+    def complete_and_claim(
+        self,
+        claim: Claim,
+        result: JSONValue,
+        *,
+        ttl: float,
+        owner: str,
+        limit: int,
+        lease: float,
+        now: float,
+    ) -> tuple[bool, list[Claim]]:
+        """:meth:`complete`, then :meth:`claim`, in one round trip (a pipeline of
+        the two scripts; each is atomic, the pair need not be).
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        if limit <= 0:
+            return self.complete(claim, result, ttl=ttl, now=now), []
+        with self._translate_errors():
+            client = self._redis()
+        if isinstance(client, redis.cluster.RedisCluster):
+            done = self.complete(claim, result, ttl=ttl, now=now)
+            return done, self.claim(owner, limit=limit, lease=lease, now=now)
+        complete_keys, complete_args = self._complete_call(claim, result, ttl, now)
+        claim_keys, claim_args = self._claim_call(owner, limit, now + lease, now)
+        calls: list[tuple[_ScriptName, list[str], list[str]]] = [
+            ("complete", complete_keys, complete_args),
+            ("claim", claim_keys, claim_args),
+        ]
+        completed, claimed = self._pipeline(client, calls)
+        return _int(completed) == 1, self._claimed(claimed, now + lease)
+
+    def fail(
+        self,
+        claim: Claim,
+        error: ErrorInfo,
+        *,
+        retry_at: float | None,
+        ttl: float,
+        now: float,
+    ) -> bool:
+        """Record a failed attempt: Scheduled at ``retry_at``, or Failed if ``None``.
+
+        A job whose cancellation was requested ends Canceled instead.
+
+        :param claim: the worker's claim; its token must still be current.
+        :param error: what went wrong.
+        :param retry_at: epoch seconds of the next attempt, or ``None`` to give up.
+        :param ttl: seconds a finished job is kept.
+        :param now: epoch seconds.
+        :returns: whether the claim was still held.
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        keys = [
+            self._keys.job(claim.job_id),
+            self._keys.ready,
+            self._keys.claimed,
+            self._keys.wake,
+        ]
+        args = [
+            str(claim.job_id),
+            claim.token,
+            _num(now),
+            _dump_error(error),
+            "" if retry_at is None else _num(retry_at),
+            _ttl_seconds(ttl),
+            self._keys.ended(claim.job_id),
+        ]
+        return _int(self._call("fail", keys, args)) == 1
+
+    def report_progress(self, claim: Claim, progress: Progress, *, now: float) -> bool:
+        """Record the running job's progress.
+
+        :param claim: the worker's claim; its token must still be current.
+        :param progress: the fraction done and an optional message.
+        :param now: epoch seconds.
+        :returns: whether the claim was still held.
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        keys = [self._keys.job(claim.job_id)]
+        args = [claim.token, _num(now), _dump_progress(progress)]
+        return _int(self._call("report_progress", keys, args)) == 1
+
+    def release(self, claims: Sequence[Claim], *, ttl: float, now: float) -> None:
+        """Hand claimed jobs back as Queued, due at ``now``, counting no attempt
+        (Canceled instead if their cancellation was requested).
+
+        Claims no longer held are skipped.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        if not claims:
+            return
+        keys = [self._keys.ready, self._keys.claimed, self._keys.wake]
+        keys += [self._keys.job(c.job_id) for c in claims]
+        args = [_num(now), _ttl_seconds(ttl), self._keys.ended("")]
+        for c in claims:
+            args += [str(c.job_id), c.token]
+        self._call("release", keys, args)
+
+    def cancel(self, job_id: uuid.UUID, *, ttl: float, now: float) -> Job:
+        """Cancel a waiting job, or flag a running one; return the job.
+
+        :param job_id: the job to cancel.
+        :param ttl: seconds a canceled job is kept.
+        :param now: epoch seconds.
+        :raises JobNotFoundError: no such job.
+        :raises JobFinishedError: the job is Completed or Failed.
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        keys = [self._keys.job(job_id), self._keys.ready]
+        args = [
+            str(job_id),
+            _num(now),
+            _ttl_seconds(ttl),
+            self._keys.ended(job_id),
+            self._keys.cancels,
+        ]
+        reply = _list(self._call("cancel", keys, args))
+        code = _int(reply[0])
+        if code == -1:
+            raise JobNotFoundError(f"No job with id '{job_id}'.")
+        if code == -2:
+            raise JobFinishedError(
+                f"Job {job_id} has already ended ({_str(reply[1])})."
+            )
+        return _decode_job(str(job_id), reply[1])
+
+    def recover_expired(
+        self, owner: str, *, limit: int, lease: float, now: float
+    ) -> list[Claim]:
+        """Re-claim for ``owner`` up to ``limit`` jobs whose lease ended by ``now``.
+
+        :param owner: the sweeping worker's name.
+        :param limit: the most jobs to take.
+        :param lease: seconds each new lease lasts.
+        :param now: epoch seconds.
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        if limit <= 0:
+            return []
+        lease_until = now + lease
+        args = [_num(now), str(limit), _num(lease_until), uuid.uuid4().hex, owner]
+        keys = [self._keys.claimed, self._keys.job_prefix]
+        reply = _list(self._call("recover_expired", keys, args))
+        return _decode_claims(reply, lease_until)
+
+    def retry(self, job_id: uuid.UUID, *, now: float) -> Job:
+        """Put a Failed job back in the queue (Queued, due now, retry count 0).
+
+        :raises JobNotFoundError: no such job.
+        :raises JobFinishedError: the job is not Failed.
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        keys = [self._keys.job(job_id), self._keys.ready, self._keys.wake]
+        reply = _list(self._call("retry", keys, [str(job_id), _num(now)]))
+        code = _int(reply[0])
+        if code == -1:
+            raise JobNotFoundError(f"No job with id '{job_id}'.")
+        if code == -2:
+            raise JobFinishedError(
+                f"Only a Failed job can be retried; job {job_id} is {_str(reply[1])}."
+            )
+        return _decode_job(str(job_id), reply[1])

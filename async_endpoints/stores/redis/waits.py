@@ -1,0 +1,223 @@
+"""The blocking half of ``RedisStore``: wake-ups, long polls, cancel notices.
+
+Every wait is bounded."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import (
+    Any,
+    Final,
+)
+
+import redis
+import redis.backoff
+import redis.cluster
+import redis.connection
+import redis.exceptions
+import redis.retry
+import redis.sentinel
+
+from async_endpoints.errors import (
+    StoreUnavailableError,
+)
+from async_endpoints.stores.redis.client import _BlockingConnection, _Connection
+from async_endpoints.stores.redis.codec import _plain
+
+_MIN_BLOCK: Final = 0.01
+"""Shortest BLPOP, in seconds: 0 would mean "block forever"."""
+_RESUBSCRIBE: Final = 10.0
+"""How often the cancel listener subscribes anew, in seconds (drops a connection
+that went silent without a reset)."""
+_END_POLL: Final = 0.05
+"""How often ``wait_for_end`` looks at the job, in seconds."""
+
+
+class _Waits(_Connection):
+    """Blocking waits on the store's Redis."""
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds, or until new work may be due.
+
+        Blocks in ``BLPOP`` on the wake-up list (pushed by submit, retry and
+        release), no longer than until the earliest waiting job the last
+        :meth:`claim` saw falls due. :meth:`close` cuts the wait short. On a
+        Cluster it blocks on the node that holds the prefix's slot.
+
+        :returns: ``False`` when the whole timeout passed with no wake-up and no
+            known job falling due (claiming now would find nothing new).
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        if self._closed.is_set():
+            return True
+        seconds = timeout
+        next_due = self._next_due
+        due_first = next_due is not None and next_due - time.time() <= timeout
+        if due_first:
+            assert next_due is not None
+            self._next_due = None  # one wait uses it up: the claim after it renews it
+            seconds = next_due - time.time()
+        with self._translate_errors():
+            pool = self._wake_pool()
+            connection = self._checkout(pool)
+        # A read may not outlast the connection's socket timeout (redis-py may set
+        # one by default without listing it in the pool's kwargs); waking early is
+        # allowed.
+        socket_timeout = getattr(connection, "socket_timeout", None)
+        if socket_timeout is None:
+            socket_timeout = pool.connection_kwargs.get("socket_timeout")
+        if socket_timeout:
+            seconds = min(seconds, 0.8 * float(socket_timeout))
+        seconds = max(seconds, _MIN_BLOCK)
+        woken = True
+        try:
+            with self._lock:
+                self._blocked.add(connection)
+            if self._closed.is_set():
+                return True
+            with self._translate_errors():
+                connection.send_command("BLPOP", self._keys.wake, seconds)
+                try:
+                    woken = connection.read_response() is not None or due_first
+                except redis.exceptions.AskError:
+                    # MOVED or ASK: the slot is moving to another Cluster node. The
+                    # next command through the Cluster client learns where it went,
+                    # and the next wait blocks there; pause so as not to spin.
+                    self._closed.wait(min(seconds, _END_POLL))
+        except Exception:
+            connection.disconnect()
+            if not self._closed.is_set():
+                raise
+        finally:
+            with self._lock:
+                self._blocked.discard(connection)
+            pool.release(connection)
+        return woken
+
+    def _wake_pool(self) -> Any:
+        """The connection pool of the server that holds the wake-up list."""
+        client = self._redis()
+        if isinstance(client, redis.cluster.RedisCluster):
+            cluster: Any = client  # redis-py leaves these methods unannotated
+            node = cluster.get_node_from_key(self._keys.wake)
+            return cluster.get_redis_connection(node).connection_pool
+        return client.connection_pool
+
+    @staticmethod
+    def _checkout(pool: Any) -> _BlockingConnection:
+        """A connection of the client's pool, for one blocking BLPOP."""
+        try:
+            connection: _BlockingConnection = pool.get_connection()
+        except TypeError:  # redis-py < 5.3 requires a command name
+            connection = pool.get_connection("BLPOP")
+        return connection
+
+    def notify(self) -> None:
+        """Push one wake-up token, for one waiter of :meth:`wait_for_work`.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        with self._translate_errors():
+            pipe = self._redis().pipeline(transaction=False)
+            pipe.lpush(self._keys.wake, "1")
+            pipe.ltrim(self._keys.wake, 0, 63)
+            pipe.execute()
+
+    def wait_for_end(self, job_id: uuid.UUID, timeout: float) -> None:
+        """Block up to ``timeout`` seconds, or until the job has ended or is gone.
+
+        Subscribes to the job's end channel (the scripts that end a job publish
+        to it), then looks at the job once, so an end between the two is not
+        missed. On a Cluster, where plain Pub/Sub is broadcast to every node, it
+        looks at the job every 50 ms instead. :meth:`close` cuts the wait short.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        deadline = time.monotonic() + timeout
+        with self._translate_errors():
+            client = self._redis()
+        if isinstance(client, redis.cluster.RedisCluster):
+            self._poll_for_end(job_id, deadline)
+            return
+        plain: Any = client  # redis-py leaves pubsub() unannotated
+        with self._translate_errors():
+            pubsub = plain.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self._keys.ended(job_id))
+                job = self.get(job_id, now=time.time())
+                while job is not None and not job.status.is_finished:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._closed.is_set():
+                        return
+                    message = pubsub.get_message(timeout=min(remaining, 1.0))
+                    if message is not None:
+                        return
+            finally:
+                pubsub.close()
+
+    def _poll_for_end(self, job_id: uuid.UUID, deadline: float) -> None:
+        while not self._closed.is_set():
+            job = self.get(job_id, now=time.time())
+            if job is None or job.status.is_finished:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._closed.wait(min(_END_POLL, remaining))
+
+    def wait_for_cancels(self, timeout: float) -> list[uuid.UUID]:
+        """Block up to ``timeout`` seconds for cancellations of running jobs;
+        return their ids.
+
+        Listens on the ``{P}:cancels`` channel through one subscription per store
+        and process, made again every few seconds so that a connection that went
+        silent (a black hole) is not kept. On a Cluster it only waits: there
+        the heartbeats carry cancellations.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        with self._translate_errors():
+            client = self._redis()
+        if isinstance(client, redis.cluster.RedisCluster):
+            self._closed.wait(timeout)
+            return []
+        deadline = time.monotonic() + timeout
+        with self._cancel_lock:
+            pubsub = self._cancel_pubsub
+            if pubsub is None or time.monotonic() > self._cancel_renew_at:
+                if pubsub is not None:
+                    pubsub.close()
+                    self._cancel_pubsub = None
+                plain: Any = client  # redis-py leaves pubsub() unannotated
+                with self._translate_errors():
+                    pubsub = plain.pubsub(ignore_subscribe_messages=True)
+                    self._cancel_pubsub = pubsub
+                    pubsub.subscribe(self._keys.cancels)
+                self._cancel_renew_at = time.monotonic() + _RESUBSCRIBE
+        ids: list[uuid.UUID] = []
+        try:
+            with self._translate_errors():
+                while not self._closed.is_set():
+                    remaining = deadline - time.monotonic()
+                    message = pubsub.get_message(
+                        timeout=max(0.0, remaining) if not ids else 0.0
+                    )
+                    if message is None:
+                        if ids or remaining <= 0:
+                            break
+                        continue
+                    data = _plain(message.get("data"))
+                    if isinstance(data, str):
+                        with contextlib.suppress(ValueError):
+                            ids.append(uuid.UUID(data))
+        except StoreUnavailableError:
+            with self._cancel_lock:
+                if self._cancel_pubsub is pubsub:
+                    self._cancel_pubsub = None
+            pubsub.close()
+            if self._closed.is_set():  # close() cut the connection: not an outage
+                return ids
+            raise
+        return ids

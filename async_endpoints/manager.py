@@ -331,14 +331,22 @@ class JobManager:
 
     # -- running ---------------------------------------------------------------
 
-    def claim(self, owner: str, limit: int) -> list[Claim]:
-        """Lease up to ``limit`` due jobs to ``owner``."""
+    def claim(
+        self, owner: str, limit: int, *, request_id: str | None = None
+    ) -> list[Claim]:
+        """Lease up to ``limit`` due jobs to ``owner``; sent again with the same
+        ``request_id`` (its reply was lost), answer with the same claims."""
         return self.store.claim(
             owner,
             limit=limit,
             lease=self.settings.claim_timeout_seconds,
             now=time.time(),
+            request_id=request_id,
         )
+
+    def sync_clock(self) -> None:
+        """Measure the store's clock again (a host's clock may be stepped)."""
+        self.store.sync_clock()
 
     def heartbeat(self, claims: Sequence[Claim]) -> HeartbeatResult:
         """Renew the leases of ``claims``; signal the canceled ones."""
@@ -448,31 +456,29 @@ class JobManager:
                 return None
             limit = then_claim() if callable(then_claim) else then_claim
             now = time.time()
-            try:
-                completed, claims = self.store.complete_and_claim(
+            # One request id for every try: a completion whose reply was lost
+            # answers "applied" when sent again, and its claim the same jobs.
+            request_id = uuid.uuid4().hex
+
+            def record() -> tuple[bool, list[Claim]]:
+                return self.store.complete_and_claim(
                     claim,
                     result,
                     ttl=self.settings.result_ttl_seconds,
                     owner=owner,
                     limit=limit,
                     lease=self.settings.claim_timeout_seconds,
-                    now=now,
+                    now=time.time(),
+                    request_id=request_id,
                 )
+
+            try:
+                completed, claims = record()
             except StoreUnavailableError:
-                # Tried again without the follow-up claim while the lease lasts:
-                # a short outage must not make the job run again.
+                # Tried again while the lease lasts: a short outage must not
+                # make the job run again.
                 log.warning("recording job %s failed; trying again", job.id)
-                limit, claims = 0, []
-                completed = self._patiently(
-                    lambda: self.store.complete(
-                        claim,
-                        result,
-                        ttl=self.settings.result_ttl_seconds,
-                        now=time.time(),
-                    ),
-                    event,
-                    first_failed=True,
-                )
+                completed, claims = self._patiently(record, event, first_failed=True)
             if completed:
                 log.debug("job %s completed", job.id)
                 self._emit("succeeded", job, result=result, duration=now - started)
@@ -629,13 +635,19 @@ class JobManager:
                 "a receiver of the %r event of job %s failed", event, job.id
             )
 
-    def recover_expired(self, owner: str, *, limit: int = 100) -> int:
-        """Fail the jobs whose lease expired (their process died); return how many."""
+    def recover_expired(
+        self, owner: str, *, limit: int = 100, request_id: str | None = None
+    ) -> int:
+        """Fail the jobs whose lease expired (their process died); return how many.
+
+        :param request_id: as for :meth:`claim`.
+        """
         claims = self.store.recover_expired(
             owner,
             limit=limit,
             lease=self.settings.claim_timeout_seconds,
             now=time.time(),
+            request_id=request_id,
         )
         for claim in claims:
             lost = _LeaseExpiredError(

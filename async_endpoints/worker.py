@@ -16,6 +16,7 @@ import queue
 import random
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import tenacity
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 # How long stop() waits, after telling handlers ``shutdown``, for those that stop
 # early to return (to log or save what they must); their results are not recorded.
 _TOLD_GRACE = 1.0
+# How often a worker measures the store's clock again (its own may be stepped).
+_CLOCK_SYNC_SECONDS = 60.0
 _BACKOFF = tenacity.wait_exponential(multiplier=0.1, max=5.0)
 
 
@@ -82,10 +85,15 @@ class Worker:
                 target=self._dispatch, name=f"{name}-dispatcher", daemon=True
             ),
             threading.Thread(
-                target=self._housekeep, name=f"{name}-heartbeat", daemon=True
+                target=self._housekeep, name=f"{name}-housekeeping", daemon=True
             ),
             threading.Thread(
                 target=self._listen_for_cancels, name=f"{name}-cancels", daemon=True
+            ),
+            # Heartbeats on their own thread: the housekeeping thread records
+            # timeouts and expired leases, whose signals run user receivers.
+            threading.Thread(
+                target=self._keep_alive, name=f"{name}-heartbeat", daemon=True
             ),
         ]
         self._started = False
@@ -171,9 +179,9 @@ class Worker:
         # The dispatcher may sit in a blocking store wait; it checks the stop flag
         # before it claims again (and hands back a claim that raced the stop), so
         # only the housekeeping thread is joined.
-        housekeeping = self._threads[1]
-        if housekeeping is not threading.current_thread():
-            housekeeping.join(timeout=5)
+        for thread in (self._threads[1], self._threads[3]):  # housekeeping, beats
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
         for _ in self._handler_threads:
             self._queue.put(None)
         try:
@@ -205,6 +213,11 @@ class Worker:
 
     def _dispatch(self) -> None:
         failures = 0
+        # A claim whose reply was lost is sent again under the same request id
+        # while its leases last: it answers with the jobs it took.
+        request: str | None = None
+        request_until = 0.0
+        lease = self.manager.settings.claim_timeout_seconds
         idle_waits = 0
         short = False  # the last claim got fewer jobs than asked: none is due
         store = self.manager.store
@@ -219,7 +232,11 @@ class Worker:
                 if not skip:
                     with self._lock:
                         self._claiming = True
-                    claims = self.manager.claim(self.owner, free)
+                    if request is None or time.monotonic() > request_until:
+                        request = uuid.uuid4().hex
+                        request_until = time.monotonic() + lease / 2
+                    claims = self.manager.claim(self.owner, free, request_id=request)
+                    request = None
                     if not claims:
                         with self._lock:
                             self._claiming = False
@@ -321,21 +338,21 @@ class Worker:
         return None
 
     def _housekeep(self) -> None:
+        """Timeouts and the lease sweeper (both may run signal receivers)."""
         settings = self.manager.settings
-        beat_every = settings.claim_timeout_seconds / 3
         next_sweep = time.monotonic() + _jittered(settings.sweep_interval_seconds) / 2
         failures = 0
-        next_beat = time.monotonic()  # register at once, for `stats`
-        while not self._stopping.wait(min(0.5, beat_every)):
+        # Kept until a sweep's reply arrives: sent again, it answers with what the
+        # lost reply held, instead of leaving those jobs leased to nobody.
+        sweep_request: str | None = None
+        while not self._stopping.wait(min(0.5, settings.claim_timeout_seconds / 3)):
             now = time.monotonic()
             try:
                 self._expire_timeouts(now)
-                if now >= next_beat:
-                    self._beat()
-                    self.manager.register_worker(self.owner)
-                    next_beat = now + beat_every
                 if now >= next_sweep:
-                    self.manager.recover_expired(self.owner)
+                    sweep_request = sweep_request or uuid.uuid4().hex
+                    self.manager.recover_expired(self.owner, request_id=sweep_request)
+                    sweep_request = None
                     next_sweep = now + _jittered(settings.sweep_interval_seconds)
                 failures = 0
             except Exception:
@@ -345,6 +362,31 @@ class Worker:
                     "worker housekeeping failed; retrying in %.1f s", delay
                 )
                 self._stopping.wait(delay)
+
+    def _keep_alive(self) -> None:
+        """Renew the leases of the running jobs and this worker's registration,
+        every third of the lease; measure the store's clock now and then."""
+        beat_every = self.manager.settings.claim_timeout_seconds / 3
+        failures = 0
+        next_sync = time.monotonic() + _CLOCK_SYNC_SECONDS
+        wait = 0.0  # register at once, for `stats`
+        while not self._stopping.wait(wait):
+            try:
+                self._beat()
+                self.manager.register_worker(self.owner)
+                if time.monotonic() >= next_sync:
+                    self.manager.sync_clock()
+                    next_sync = time.monotonic() + _CLOCK_SYNC_SECONDS
+                failures = 0
+                wait = beat_every
+            except Exception:
+                failures += 1
+                wait = min(_backoff(failures), beat_every)
+                logger.warning(
+                    "renewing leases failed; retrying in %.1f s",
+                    wait,
+                    exc_info=failures == 1,
+                )
 
     def _listen_for_cancels(self) -> None:
         """Tell this process's runs of a cancel made in another process at once,

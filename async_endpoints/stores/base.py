@@ -37,6 +37,25 @@ The contract, enforced by ``tests/stores/test_contract.py`` against every backen
   job); ``register_worker`` records a process's heartbeat for ``stats``.
 * Infrastructure failures raise
   :class:`~async_endpoints.errors.StoreUnavailableError`.
+
+On a real network a reply can be lost after the store applied the call, and the
+caller (or its client library) sends the call again. So no transition's outcome
+depends on whether its reply arrived:
+
+* ``submit`` sent again for the same job id changes nothing and answers as before.
+* ``claim``, ``complete_and_claim`` and ``recover_expired`` take a
+  ``request_id``: sent again with the same one, they claim nothing new and answer
+  with the jobs the first call claimed that are still held under its tokens.
+* ``complete`` or ``fail`` sent again with the token that applied it answers
+  ``True`` and changes nothing (``complete`` after a ``fail`` by that token, or
+  the reverse, is still ``False``).
+* ``heartbeat``, ``report_progress``, ``release`` and ``cancel`` are idempotent
+  as they are.
+
+Instants that decide between processes (due times, lease ends, heartbeats) may be
+kept on the store's own clock (the Redis store does): each ``now`` is then read
+as the caller's clock, and what is compared is ``now`` plus the caller's measured
+offset to the store's clock, a constant within a process.
 """
 
 from __future__ import annotations
@@ -92,8 +111,17 @@ class JobStore(Protocol):
         """The job with this id, or ``None`` if unknown or expired."""
         ...
 
-    def claim(self, owner: str, *, limit: int, lease: float, now: float) -> list[Claim]:
-        """Lease up to ``limit`` due jobs to ``owner``, earliest due first."""
+    def claim(
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+        request_id: str | None = None,
+    ) -> list[Claim]:
+        """Lease up to ``limit`` due jobs to ``owner``, earliest due first; sent
+        again with the same ``request_id``, answer with the same claims."""
         ...
 
     def heartbeat(
@@ -118,6 +146,7 @@ class JobStore(Protocol):
         limit: int,
         lease: float,
         now: float,
+        request_id: str | None = None,
     ) -> tuple[bool, list[Claim]]:
         """:meth:`complete`, then :meth:`claim` up to ``limit`` jobs for ``owner``;
         each step atomic, both in one round trip where the store can.
@@ -155,9 +184,21 @@ class JobStore(Protocol):
         ...
 
     def recover_expired(
-        self, owner: str, *, limit: int, lease: float, now: float
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+        request_id: str | None = None,
     ) -> list[Claim]:
-        """Re-claim for ``owner`` up to ``limit`` jobs whose lease has expired."""
+        """Re-claim for ``owner`` up to ``limit`` jobs whose lease has expired; sent
+        again with the same ``request_id``, answer with the same claims."""
+        ...
+
+    def sync_clock(self) -> float:
+        """Measure the offset from this process's clock to the store's, and use
+        it from now on; return it (0.0 for a store in this process)."""
         ...
 
     def retry(self, job_id: UUID, *, now: float) -> Job:

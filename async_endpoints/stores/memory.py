@@ -55,6 +55,13 @@ class MemoryStore:
         self._expiry: list[tuple[float, UUID]] = []
         self._expires_at: dict[UUID, float] = {}
         self._idempotency: dict[str, tuple[UUID, str, float]] = {}
+        # What each claim request took, to answer it again if it is re-sent.
+        self._requests: dict[str, tuple[float, list[Claim]]] = {}
+        # "c:" or "f:" + the token of the complete/fail that applied last.
+        self._finished_by: dict[UUID, str] = {}
+        # Expiry heaps of the two maps above them, pruned in _purge.
+        self._idem_expiry: list[tuple[float, str]] = []
+        self._request_expiry: list[tuple[float, str]] = []
         self._seq = 0
         self._workers: dict[str, float] = {}
         self._notified = 0
@@ -91,6 +98,34 @@ class MemoryStore:
             if self._expires_at.get(job_id) == at:
                 del self._expires_at[job_id]
                 self._jobs.pop(job_id, None)
+                self._finished_by.pop(job_id, None)
+        while self._idem_expiry and self._idem_expiry[0][0] <= now:
+            at, key = heapq.heappop(self._idem_expiry)
+            known = self._idempotency.get(key)
+            if known is not None and known[2] == at:
+                del self._idempotency[key]
+        while self._request_expiry and self._request_expiry[0][0] <= now:
+            at, request_id = heapq.heappop(self._request_expiry)
+            record = self._requests.get(request_id)
+            if record is not None and record[0] == at:
+                del self._requests[request_id]
+
+    def _answer_again(self, request_id: str | None, now: float) -> list[Claim] | None:
+        """The claims a request sent before took and still holds, if it was."""
+        if request_id is None:
+            return None
+        record = self._requests.get(request_id)
+        if record is None or record[0] <= now:
+            return None
+        return [c for c in record[1] if self._held(c) is not None]
+
+    def _remember(
+        self, request_id: str | None, claims: list[Claim], lease: float, now: float
+    ) -> None:
+        if request_id is None or not claims:
+            return
+        self._requests[request_id] = (now + lease, claims)
+        heapq.heappush(self._request_expiry, (now + lease, request_id))
 
     def _held(self, claim: Claim) -> Job | None:
         lease = self._leases.get(claim.job_id)
@@ -116,6 +151,8 @@ class MemoryStore:
         """See :meth:`JobStore.submit`."""
         with self._lock:
             self._purge(now)
+            if job.id in self._jobs:  # sent again: answered as the first time
+                return self._jobs[job.id]
             if idempotency is not None:
                 existing = self._idempotent(idempotency, now)
                 if existing is not None:
@@ -133,6 +170,9 @@ class MemoryStore:
                     job.id,
                     idempotency.fingerprint,
                     now + idempotency.ttl,
+                )
+                heapq.heappush(
+                    self._idem_expiry, (now + idempotency.ttl, idempotency.key)
                 )
             return stored
 
@@ -162,11 +202,22 @@ class MemoryStore:
                 return None
             return self._jobs.get(job_id)
 
-    def claim(self, owner: str, *, limit: int, lease: float, now: float) -> list[Claim]:
+    def claim(
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+        request_id: str | None = None,
+    ) -> list[Claim]:
         """See :meth:`JobStore.claim`."""
         claims: list[Claim] = []
         with self._lock:
             self._purge(now)
+            again = self._answer_again(request_id, now)
+            if again is not None:
+                return again
             while self._ready and len(claims) < limit and self._ready[0][0] <= now:
                 due_at, _, job_id = heapq.heappop(self._ready)
                 job = self._jobs.get(job_id)
@@ -181,6 +232,7 @@ class MemoryStore:
                 )
                 self._put(running)
                 claims.append(self._lease(running, owner, lease, now))
+            self._remember(request_id, claims, lease, now)
         return claims
 
     def heartbeat(
@@ -209,7 +261,8 @@ class MemoryStore:
         with self._lock:
             job = self._held(claim)
             if job is None:
-                return False
+                return self._finished_by.get(claim.job_id) == f"c:{claim.token}"
+            self._finished_by[job.id] = f"c:{claim.token}"
             status = JobStatus.CANCELED if job.cancel_requested else JobStatus.COMPLETED
             done = dataclasses.replace(
                 job,
@@ -233,12 +286,16 @@ class MemoryStore:
         limit: int,
         lease: float,
         now: float,
+        request_id: str | None = None,
     ) -> tuple[bool, list[Claim]]:
         """See :meth:`JobStore.complete_and_claim`."""
         done = self.complete(claim, result, ttl=ttl, now=now)
         if limit <= 0:
             return done, []
-        return done, self.claim(owner, limit=limit, lease=lease, now=now)
+        claims = self.claim(
+            owner, limit=limit, lease=lease, now=now, request_id=request_id
+        )
+        return done, claims
 
     def fail(
         self,
@@ -253,7 +310,8 @@ class MemoryStore:
         with self._lock:
             job = self._held(claim)
             if job is None:
-                return False
+                return self._finished_by.get(claim.job_id) == f"f:{claim.token}"
+            self._finished_by[job.id] = f"f:{claim.token}"
             if job.cancel_requested:
                 done = dataclasses.replace(
                     job,
@@ -356,11 +414,20 @@ class MemoryStore:
             return done
 
     def recover_expired(
-        self, owner: str, *, limit: int, lease: float, now: float
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+        request_id: str | None = None,
     ) -> list[Claim]:
         """See :meth:`JobStore.recover_expired`."""
         claims: list[Claim] = []
         with self._lock:
+            again = self._answer_again(request_id, now)
+            if again is not None:
+                return again
             expired = sorted(
                 (lease_.until, job_id)
                 for job_id, lease_ in self._leases.items()
@@ -372,7 +439,12 @@ class MemoryStore:
                     del self._leases[job_id]
                     continue
                 claims.append(self._lease(job, owner, lease, now))
+            self._remember(request_id, claims, lease, now)
         return claims
+
+    def sync_clock(self) -> float:
+        """See :meth:`JobStore.sync_clock`: one process, one clock."""
+        return 0.0
 
     def retry(self, job_id: UUID, *, now: float) -> Job:
         """See :meth:`JobStore.retry`."""

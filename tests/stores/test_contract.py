@@ -168,7 +168,8 @@ def test_a_job_completes_only_once(store: JobStore) -> None:
     submit(store)
     claim = claim_one(store)
     assert store.complete(claim, 1, ttl=TTL, now=NOW)
-    assert not store.complete(claim, 2, ttl=TTL, now=NOW)
+    # Sent again (its reply was lost): answered as applied, and nothing changes.
+    assert store.complete(claim, 2, ttl=TTL, now=NOW + 1)
     assert not store.fail(claim, BOOM, retry_at=None, ttl=TTL, now=NOW)
     job = store.get(claim.job_id, now=NOW)
     assert job is not None
@@ -603,11 +604,13 @@ def test_complete_and_claim_finishes_one_and_takes_the_next(store: JobStore) -> 
     assert status(store, second) is JobStatus.IN_PROGRESS
     # A stale completion is refused, and the claim still happens.
     third = submit(store, now=NOW + 4)
+    stale = Claim(job=claims[0].job, token="not-the-token", lease_until=NOW + 9)
     done, claims = store.complete_and_claim(
-        claim, "late", ttl=TTL, owner="w1", limit=1, lease=LEASE, now=NOW + 5
+        stale, "late", ttl=TTL, owner="w1", limit=1, lease=LEASE, now=NOW + 5
     )
     assert not done
     assert [c.job_id for c in claims] == [third]
+    assert status(store, second) is JobStatus.IN_PROGRESS
 
 
 def test_notify_wakes_a_waiter(store: JobStore) -> None:

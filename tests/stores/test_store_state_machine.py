@@ -120,6 +120,9 @@ class StoreMachine(RuleBasedStateMachine):
         self.tokens: set[str] = set()
         self.keys: dict[str, tuple[str, UUID]] = {}  # key -> (fingerprint, job)
         self.finished: dict[UUID, Job] = {}  # snapshots taken when a job ended
+        # "c:"/"f:" + the token of the complete/fail that applied last: sent again
+        # (a lost reply), that same call answers applied and changes nothing.
+        self.finished_by: dict[UUID, str] = {}
         self.next_id = 0
 
     # -- model helpers -------------------------------------------------------------
@@ -171,10 +174,12 @@ class StoreMachine(RuleBasedStateMachine):
         applied = self.store.fail(
             claim, error, retry_at=retry_at, ttl=TTL, now=self.now
         )
-        assert applied == current
+        resent = self.finished_by.get(claim.job_id) == f"f:{claim.token}"
+        assert applied == (current or resent)
         if not current:
             assert self.get(claim.job_id) == before, "a stale fail changed the job"
             return
+        self.finished_by[claim.job_id] = f"f:{claim.token}"
         common: dict[str, Any] = {
             "error": error,
             "last_updated_at": self.now,
@@ -380,10 +385,12 @@ class StoreMachine(RuleBasedStateMachine):
         current = self.is_current(claim)
         before = self.get(claim.job_id)
         applied = self.store.complete(claim, result, ttl=TTL, now=self.now)
-        assert applied == current
+        resent = self.finished_by.get(claim.job_id) == f"c:{claim.token}"
+        assert applied == (current or resent)
         if not current:
             assert self.get(claim.job_id) == before, "a stale complete changed the job"
             return
+        self.finished_by[claim.job_id] = f"c:{claim.token}"
         canceled = self.jobs[claim.job_id].job.cancel_requested
         self.update(
             claim.job_id,

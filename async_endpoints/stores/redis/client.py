@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import (
@@ -34,9 +35,9 @@ if TYPE_CHECKING:
 from async_endpoints.stores.redis.codec import _decode_job, _plain, _Reply
 from async_endpoints.stores.redis.connect import (
     _CLUSTER_SCHEME,
-    _CONNECT_TIMEOUT,
     _SCHEMES,
     _SENTINEL_SCHEME,
+    _SOCKET_DEFAULTS,
     _Client,
     _cluster_connector,
     _describe_client,
@@ -60,6 +61,8 @@ class _BlockingConnection(Protocol):
 
     def disconnect(self) -> None: ...
 
+    def can_read(self, timeout: float | None = 0) -> bool: ...
+
 
 class _Connection:
     """A Redis client bound to one key prefix, with the scripts registered."""
@@ -78,6 +81,7 @@ class _Connection:
         self._connect_lock = threading.Lock()
         self._closers: list[Callable[[], None]] = []
         self._next_due: float | None = None
+        self._offset: float | None = None
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._blocked: set[_BlockingConnection] = set()
@@ -123,9 +127,8 @@ class _Connection:
             client, close_more = _sentinel_client(url)
         else:
             try:
-                client = redis.Redis.from_url(
-                    url, socket_connect_timeout=_CONNECT_TIMEOUT
-                )
+                # Options the URL names win over these defaults.
+                client = redis.Redis.from_url(url, **_SOCKET_DEFAULTS)
             except ValueError as exc:
                 raise ConfigurationError(
                     f"Invalid Redis URL {_redact(url)!r}: {exc}"
@@ -214,6 +217,46 @@ class _Connection:
             return None
         flat = _plain([item for pair in raw.items() for item in pair])
         return _decode_job(str(job_id), flat)
+
+    # -- Redis's clock ---------------------------------------------------------------
+
+    def sync_clock(self) -> float:
+        """Measure how far Redis's clock is ahead of this process's, and use it.
+
+        Instants that decide between processes (the due scores of waiting jobs,
+        lease ends, worker heartbeats) are kept on Redis's clock: a caller's
+        ``now`` plus this offset. So a process whose clock is off still takes
+        no live lease and delays no job; within one process the offset is a
+        constant, so its own clock (freezegun included) drives its schedules.
+        Measured on first use; a running worker measures again now and then.
+
+        :returns: the offset, seconds, rounded to 1/1024 s (so that adding and
+            taking it away again is exact).
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        before = time.time()
+        reply = self._call("clock", [self._keys.wake], [])
+        after = time.time()
+        if not isinstance(reply, list) or len(reply) != 2:
+            raise StoreError(f"Expected TIME's two numbers from Redis, got {reply!r}")
+        server = int(str(reply[0])) + int(str(reply[1])) / 1e6
+        offset = round((server - (before + after) / 2) * 1024) / 1024
+        self._offset = offset
+        return offset
+
+    def _server(self, now: float) -> float:
+        """``now`` (the caller's clock) as an instant on Redis's clock."""
+        offset = self._offset
+        if offset is None:
+            offset = self.sync_clock()
+        return now + offset
+
+    def _local(self, instant: float) -> float:
+        """An instant on Redis's clock as one on this process's clock."""
+        offset = self._offset
+        if offset is None:
+            offset = self.sync_clock()
+        return instant - offset
 
     def _pipeline(
         self, client: _Client, calls: Sequence[tuple[_ScriptName, list[str], list[str]]]

@@ -157,6 +157,11 @@ def _decode_claims(items: Sequence[_Reply], lease_until: float) -> list[Claim]:
     ]
 
 
+def _lease_ms(lease: float) -> str:
+    """How long a claim request's record is kept: its lease, in milliseconds."""
+    return str(max(1, math.ceil(lease * 1000)))
+
+
 def _ttl_seconds(ttl: float) -> str:
     """A finished job's relative EXPIRE: whole seconds, at least 1."""
     return str(max(1, math.ceil(ttl)))

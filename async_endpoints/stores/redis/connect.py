@@ -34,6 +34,14 @@ _SCHEMES: Final = (
 )
 _CONNECT_TIMEOUT: Final = 5.0
 """Default ``socket_connect_timeout`` of the clients a URL makes, in seconds."""
+_SOCKET_DEFAULTS: Final[dict[str, Any]] = {
+    "socket_connect_timeout": _CONNECT_TIMEOUT,
+    # No read waits longer: a connection whose peer vanished without a reset (a
+    # black hole) fails within this, and the next call makes a new one.
+    "socket_timeout": 10.0,
+    "socket_keepalive": True,
+}
+"""Socket options of the clients a URL makes, unless the URL sets them."""
 
 # types-redis makes Redis generic; redis-py's own inline types do not.
 _Client: TypeAlias = "redis.Redis | redis.cluster.RedisCluster"  # type: ignore[type-arg,unused-ignore]
@@ -124,10 +132,7 @@ def _split_url(
     return (
         nodes,
         parts.path.removeprefix("/"),
-        {
-            "socket_connect_timeout": _CONNECT_TIMEOUT,
-            **options,
-        },
+        {**_SOCKET_DEFAULTS, **options},
     )
 
 

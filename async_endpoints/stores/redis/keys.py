@@ -29,6 +29,7 @@ _ScriptName: TypeAlias = Literal[
     "retry",
     "register_worker",
     "purge",
+    "clock",
 ]
 _SCRIPT_NAMES: Final[tuple[_ScriptName, ...]] = get_args(_ScriptName)
 
@@ -56,11 +57,16 @@ class _Keys:
         self.workers: Final = f"{tag}:workers"
         self.job_prefix: Final = f"{tag}:job:"
         self._idem_prefix: Final = f"{tag}:idem:"
+        self._request_prefix: Final = f"{tag}:req:"
         self._ended_prefix: Final = f"{tag}:ended:"
         self.cancels: Final = f"{tag}:cancels"
 
     def job(self, job_id: uuid.UUID | str) -> str:
         return f"{self.job_prefix}{job_id}"
+
+    def request(self, request_id: str) -> str:
+        """The record of what a claim request took (so that it can be re-sent)."""
+        return f"{self._request_prefix}{request_id}"
 
     def idem(self, key: str) -> str:
         return f"{self._idem_prefix}{key}"

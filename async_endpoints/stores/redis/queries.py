@@ -98,7 +98,9 @@ class _Queries(_Connection):
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         self._call(
-            "register_worker", [self._keys.workers], [owner, _num(now), _num(ttl)]
+            "register_worker",
+            [self._keys.workers],
+            [owner, _num(self._server(now)), _num(ttl)],
         )
 
     def unregister_worker(self, owner: str) -> None:
@@ -123,11 +125,11 @@ class _Queries(_Connection):
             workers: object = client.hgetall(self._keys.workers)
         oldest = None
         if isinstance(first, list) and first:
-            oldest = float(first[0][1])
+            oldest = self._local(float(first[0][1]))
         alive: dict[str, float] = {}
         if isinstance(workers, Mapping):
             for name, seen in workers.items():
-                alive[_str(_plain(name))] = float(_str(_plain(seen)))
+                alive[_str(_plain(name))] = self._local(float(_str(_plain(seen))))
         return StoreStats(counts=counts, oldest_waiting_at=oldest, workers=alive)
 
     def queue_size(self) -> int:

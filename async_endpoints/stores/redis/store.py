@@ -40,6 +40,7 @@ from async_endpoints.stores.redis.codec import (
     _dump_progress,
     _encode_job,
     _int,
+    _lease_ms,
     _list,
     _num,
     _plain,
@@ -91,7 +92,8 @@ class RedisStore(_Waits, _Queries):
             keys += [self._keys.idem(idempotency.key), self._keys.job_prefix]
             record = f"{job.id}:{idempotency.fingerprint}"
             ttl_ms = str(max(1, math.ceil(idempotency.ttl * 1000)))
-        args = [str(max_queue_size), _num(now), str(job.id), record, ttl_ms]
+        due = _num(self._server(now))
+        args = [str(max_queue_size), due, str(job.id), record, ttl_ms]
         reply = _list(self._call("submit", keys, args + _encode_job(stored)))
         code = _int(reply[0])
         if code == -1:
@@ -132,7 +134,15 @@ class RedisStore(_Waits, _Queries):
             )
         return job
 
-    def claim(self, owner: str, *, limit: int, lease: float, now: float) -> list[Claim]:
+    def claim(
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+        request_id: str | None = None,
+    ) -> list[Claim]:
         """Lease up to ``limit`` due jobs to ``owner``, earliest due first.
 
         Also remembers when the earliest job left waiting falls due, so that
@@ -142,23 +152,42 @@ class RedisStore(_Waits, _Queries):
         :param limit: the most jobs to take.
         :param lease: seconds each lease lasts unless renewed.
         :param now: epoch seconds.
+        :param request_id: names this request, so that sending it again (after
+            its reply was lost) answers with the same claims; a new one if
+            ``None``.
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         if limit <= 0:
             return []
-        keys, args = self._claim_call(owner, limit, now + lease, now)
+        keys, args = self._claim_call(owner, limit, lease, now, request_id)
         return self._claimed(self._call("claim", keys, args), now + lease)
 
     def _claim_call(
-        self, owner: str, limit: int, lease_until: float, now: float
+        self,
+        owner: str,
+        limit: int,
+        lease: float,
+        now: float,
+        request_id: str | None,
     ) -> tuple[list[str], list[str]]:
-        args = [_num(now), str(limit), _num(lease_until), uuid.uuid4().hex, owner]
-        return [self._keys.ready, self._keys.claimed, self._keys.job_prefix], args
+        request_id = request_id or uuid.uuid4().hex
+        server = self._server(now)
+        args = [
+            _num(server),
+            str(limit),
+            _num(server + lease),
+            request_id,
+            owner,
+            _num(now),
+            _lease_ms(lease),
+        ]
+        keys = [self._keys.ready, self._keys.claimed, self._keys.job_prefix]
+        return [*keys, self._keys.request(request_id)], args
 
     def _claimed(self, raw: _Reply, lease_until: float) -> list[Claim]:
         reply = _list(raw)
         next_due = _str(reply[0])
-        self._next_due = float(next_due) if next_due else None
+        self._next_due = self._local(float(next_due)) if next_due else None
         return _decode_claims(reply[1:], lease_until)
 
     def heartbeat(
@@ -175,7 +204,7 @@ class RedisStore(_Waits, _Queries):
         if not claims:
             return HeartbeatResult(held=frozenset())
         keys = [self._keys.claimed] + [self._keys.job(c.job_id) for c in claims]
-        args = [_num(now + lease)]
+        args = [_num(self._server(now) + lease)]
         for c in claims:
             args += [str(c.job_id), c.token]
         codes = _list(self._call("heartbeat", keys, args))
@@ -220,6 +249,7 @@ class RedisStore(_Waits, _Queries):
         limit: int,
         lease: float,
         now: float,
+        request_id: str | None = None,
     ) -> tuple[bool, list[Claim]]:
         """:meth:`complete`, then :meth:`claim`, in one round trip (a pipeline of
         the two scripts; each is atomic, the pair need not be).
@@ -232,9 +262,12 @@ class RedisStore(_Waits, _Queries):
             client = self._redis()
         if isinstance(client, redis.cluster.RedisCluster):
             done = self.complete(claim, result, ttl=ttl, now=now)
-            return done, self.claim(owner, limit=limit, lease=lease, now=now)
+            claims = self.claim(
+                owner, limit=limit, lease=lease, now=now, request_id=request_id
+            )
+            return done, claims
         complete_keys, complete_args = self._complete_call(claim, result, ttl, now)
-        claim_keys, claim_args = self._claim_call(owner, limit, now + lease, now)
+        claim_keys, claim_args = self._claim_call(owner, limit, lease, now, request_id)
         calls: list[tuple[_ScriptName, list[str], list[str]]] = [
             ("complete", complete_keys, complete_args),
             ("claim", claim_keys, claim_args),
@@ -277,6 +310,7 @@ class RedisStore(_Waits, _Queries):
             "" if retry_at is None else _num(retry_at),
             _ttl_seconds(ttl),
             self._keys.ended(claim.job_id),
+            "" if retry_at is None else _num(self._server(retry_at)),
         ]
         return _int(self._call("fail", keys, args)) == 1
 
@@ -305,7 +339,12 @@ class RedisStore(_Waits, _Queries):
             return
         keys = [self._keys.ready, self._keys.claimed, self._keys.wake]
         keys += [self._keys.job(c.job_id) for c in claims]
-        args = [_num(now), _ttl_seconds(ttl), self._keys.ended("")]
+        args = [
+            _num(now),
+            _ttl_seconds(ttl),
+            self._keys.ended(""),
+            _num(self._server(now)),
+        ]
         for c in claims:
             args += [str(c.job_id), c.token]
         self._call("release", keys, args)
@@ -339,7 +378,13 @@ class RedisStore(_Waits, _Queries):
         return _decode_job(str(job_id), reply[1])
 
     def recover_expired(
-        self, owner: str, *, limit: int, lease: float, now: float
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+        request_id: str | None = None,
     ) -> list[Claim]:
         """Re-claim for ``owner`` up to ``limit`` jobs whose lease ended by ``now``.
 
@@ -347,15 +392,28 @@ class RedisStore(_Waits, _Queries):
         :param limit: the most jobs to take.
         :param lease: seconds each new lease lasts.
         :param now: epoch seconds.
+        :param request_id: as for :meth:`claim`.
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         if limit <= 0:
             return []
-        lease_until = now + lease
-        args = [_num(now), str(limit), _num(lease_until), uuid.uuid4().hex, owner]
-        keys = [self._keys.claimed, self._keys.job_prefix]
+        request_id = request_id or uuid.uuid4().hex
+        server = self._server(now)
+        args = [
+            _num(server),
+            str(limit),
+            _num(server + lease),
+            request_id,
+            owner,
+            _lease_ms(lease),
+        ]
+        keys = [
+            self._keys.claimed,
+            self._keys.job_prefix,
+            self._keys.request(request_id),
+        ]
         reply = _list(self._call("recover_expired", keys, args))
-        return _decode_claims(reply, lease_until)
+        return _decode_claims(reply, now + lease)
 
     def retry(self, job_id: uuid.UUID, *, now: float) -> Job:
         """Put a Failed job back in the queue (Queued, due now, retry count 0).
@@ -365,7 +423,8 @@ class RedisStore(_Waits, _Queries):
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         keys = [self._keys.job(job_id), self._keys.ready, self._keys.wake]
-        reply = _list(self._call("retry", keys, [str(job_id), _num(now)]))
+        args = [str(job_id), _num(now), _num(self._server(now))]
+        reply = _list(self._call("retry", keys, args))
         code = _int(reply[0])
         if code == -1:
             raise JobNotFoundError(f"No job with id '{job_id}'.")

@@ -31,6 +31,8 @@ _MIN_BLOCK: Final = 0.01
 _RESUBSCRIBE: Final = 10.0
 """How often the cancel listener subscribes anew, in seconds (drops a connection
 that went silent without a reset)."""
+_REPLY_GRACE: Final = 5.0
+"""How much longer than a BLPOP's own timeout its reply may take, in seconds."""
 _END_POLL: Final = 0.05
 """How often ``wait_for_end`` looks at the job, in seconds."""
 
@@ -79,6 +81,12 @@ class _Waits(_Connection):
                 return True
             with self._translate_errors():
                 connection.send_command("BLPOP", self._keys.wake, seconds)
+                # Our own bound, whatever the client's socket timeout (a client
+                # passed in may have none): a black hole does not hold us.
+                if not connection.can_read(timeout=seconds + _REPLY_GRACE):
+                    raise redis.TimeoutError(
+                        f"no reply to BLPOP within {seconds + _REPLY_GRACE:.1f} s"
+                    )
                 try:
                     woken = connection.read_response() is not None or due_first
                 except redis.exceptions.AskError:

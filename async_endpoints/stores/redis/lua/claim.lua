@@ -5,20 +5,47 @@
 -- KEYS[3]  the job key prefix      "{prefix}:job:"   the ids are learnt only
 --          inside this step, so each job hash is KEYS[3] .. id (same hash tag,
 --          so the same Cluster slot); each claimed hash becomes InProgress.
+-- KEYS[4]  the request's record    {prefix}:req:<request id>  (string "id,id,..."
+--          of the jobs this request claimed, PX = ARGV[7]; read, then SET)
 --
--- ARGV[1]  now, epoch seconds (float string): jobs due at or before it are taken
+-- ARGV[1]  now on Redis's clock, epoch seconds (float string): jobs whose score
+--          is at or before it are taken
 -- ARGV[2]  limit (integer > 0)
--- ARGV[3]  lease end, epoch seconds (float string): now + lease
--- ARGV[4]  token base (random hex); the i-th claim's token is base .. ':' .. i
+-- ARGV[3]  lease end on Redis's clock, epoch seconds (float string)
+-- ARGV[4]  the request id (random hex, chosen by the caller and kept when it
+--          sends the request again); the i-th claim's token is id .. ':' .. i
 -- ARGV[5]  the claiming worker's name
+-- ARGV[6]  now on the caller's clock (float string): the hash's times
+-- ARGV[7]  how long the request's record is kept, milliseconds (integer)
+--
+-- A request sent again (its reply was lost) claims nothing new: it answers with
+-- the jobs the first call claimed that are still held under its tokens.
 --
 -- Returns {next_due, id, token, fields, id, token, fields, ...}: fields is the
--- claimed job's hash, HGETALL-style. next_due is the score (epoch seconds) of
+-- claimed job's hash, HGETALL-style. next_due is the score (Redis's clock) of
 -- the earliest job still waiting when fewer than `limit` were claimed, else ''.
 -- Ids in the zset whose hash is gone (or no longer waiting) are dropped.
 
-local now, limit = ARGV[1], tonumber(ARGV[2])
 local out = {''}
+local done = redis.call('GET', KEYS[4])
+if done then
+    local n = 0
+    for id in string.gmatch(done, '[^,]+') do
+        n = n + 1
+        local key = KEYS[3] .. id
+        local token = ARGV[4] .. ':' .. n
+        local held = redis.call('HMGET', key, 's', 't')
+        if held[1] == 'InProgress' and held[2] == token then
+            out[#out + 1] = id
+            out[#out + 1] = token
+            out[#out + 1] = redis.call('HGETALL', key)
+        end
+    end
+    return out
+end
+
+local now, limit, stamp = ARGV[1], tonumber(ARGV[2]), ARGV[6]
+local claimed = {}
 local n = 0
 while n < limit do
     local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit - n)
@@ -32,15 +59,19 @@ while n < limit do
         if status == 'Queued' or status == 'Scheduled' then
             n = n + 1
             local token = ARGV[4] .. ':' .. n
-            redis.call('HSET', key, 's', 'InProgress', 'b', now, 'u', now,
+            redis.call('HSET', key, 's', 'InProgress', 'b', stamp, 'u', stamp,
                 't', token, 'w', ARGV[5])
             redis.call('HDEL', key, 'd')
             redis.call('ZADD', KEYS[2], ARGV[3], id)
             out[#out + 1] = id
             out[#out + 1] = token
             out[#out + 1] = redis.call('HGETALL', key)
+            claimed[n] = id
         end
     end
+end
+if n > 0 then
+    redis.call('SET', KEYS[4], table.concat(claimed, ','), 'PX', ARGV[7])
 end
 if n < limit then
     local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')

@@ -12,15 +12,19 @@
 -- ARGV[6]  the job's end channel {prefix}:ended:<id>: PUBLISHed to, so that
 --          long-polling readers wake (a channel, not a key)
 --
--- Returns 1 if applied, 0 if the token or status no longer match.
+-- Returns 1 if applied, 0 if the token or status no longer match. The field lt
+-- keeps "c:" .. the token's first 12 characters (its request id's: unique
+-- among a job's attempts) of the completion that ended the job, so that the same
+-- call sent again (its reply was lost) also answers 1 and changes nothing.
 
-local held = redis.call('HMGET', KEYS[1], 's', 't', 'k')
+local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
-    return 0
+    return held[4] == 'c:' .. string.sub(ARGV[2], 1, 12) and 1 or 0
 end
 redis.call('HDEL', KEYS[1], 'r', 'x', 't', 'w', 'd', 'hb')
 local status = held[3] and 'Canceled' or 'Completed'
-redis.call('HSET', KEYS[1], 's', status, 'e', ARGV[3], 'u', ARGV[3])
+redis.call('HSET', KEYS[1], 's', status, 'e', ARGV[3], 'u', ARGV[3],
+    'lt', 'c:' .. string.sub(ARGV[2], 1, 12))
 if status == 'Completed' and ARGV[4] ~= '' then
     redis.call('HSET', KEYS[1], 'r', ARGV[4])
 end

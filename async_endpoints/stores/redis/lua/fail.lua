@@ -10,19 +10,25 @@
 -- ARGV[2]  the claim token (fencing: must be the job's current token)
 -- ARGV[3]  now, epoch seconds (float string)
 -- ARGV[4]  the error as JSON
--- ARGV[5]  retry_at, epoch seconds (float string), or '' to fail for good
+-- ARGV[5]  retry_at on the caller's clock, epoch seconds (float string), or ''
+--          to fail for good (the hash's due time)
 -- ARGV[6]  ttl of a finished job, whole seconds (integer >= 1)
 -- ARGV[7]  the job's end channel {prefix}:ended:<id>: PUBLISHed to when the job
 --          ends, so that long-polling readers wake (a channel, not a key)
+-- ARGV[8]  retry_at on Redis's clock (the zset score), or ''
 --
--- Returns 1 if applied, 0 if the token or status no longer match.
+-- Returns 1 if applied, 0 if the token or status no longer match. The field lt
+-- keeps "f:" .. the token's first 12 characters (its request id's: unique
+-- among a job's attempts) of the failure recorded last, so that the same call sent
+-- again (its reply was lost) also answers 1 and changes nothing.
 
-local held = redis.call('HMGET', KEYS[1], 's', 't', 'k')
+local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
-    return 0
+    return held[4] == 'f:' .. string.sub(ARGV[2], 1, 12) and 1 or 0
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[1], 't', 'w', 'hb')
+redis.call('HSET', KEYS[1], 'lt', 'f:' .. string.sub(ARGV[2], 1, 12))
 if held[3] or ARGV[5] == '' then
     local status = held[3] and 'Canceled' or 'Failed'
     redis.call('HSET', KEYS[1], 's', status, 'x', ARGV[4], 'e', ARGV[3], 'u', ARGV[3])
@@ -34,7 +40,7 @@ else
     redis.call('HSET', KEYS[1], 's', 'Scheduled', 'x', ARGV[4], 'd', ARGV[5],
         'u', ARGV[3])
     redis.call('HINCRBY', KEYS[1], 'a', 1)
-    redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+    redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
     redis.call('LPUSH', KEYS[4], '1')
     redis.call('LTRIM', KEYS[4], 0, 63)
 end

@@ -3,7 +3,7 @@
 -- KEYS[1]    the leases zset  {prefix}:claimed   (scores of held ids raised)
 -- KEYS[1+i]  the i-th claimed job's hash  {prefix}:job:<id>  (read only)
 --
--- ARGV[1]      the new lease end, epoch seconds (float string): now + lease
+-- ARGV[1]      the new lease end on Redis's clock, epoch seconds (float string)
 -- ARGV[2i]     the i-th claim's job id
 -- ARGV[2i+1]   the i-th claim's token
 --

@@ -3,7 +3,7 @@
 -- KEYS[1]  the workers hash  {prefix}:workers  (worker name -> last heartbeat)
 --
 -- ARGV[1]  the worker's name
--- ARGV[2]  now, epoch seconds (float string)
+-- ARGV[2]  now on Redis's clock, epoch seconds (float string)
 -- ARGV[3]  ttl, seconds: a worker unheard of for this long is removed
 --
 -- Returns the number of workers left in the hash.

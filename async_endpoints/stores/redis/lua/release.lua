@@ -13,8 +13,9 @@
 -- ARGV[2]      ttl of a canceled job, whole seconds (integer >= 1)
 -- ARGV[3]      the end-channel prefix {prefix}:ended: (channels, not keys): a
 --              canceled job is PUBLISHed on ARGV[3] .. id
--- ARGV[2i+2]   the i-th claim's job id
--- ARGV[2i+3]   the i-th claim's token
+-- ARGV[4]      now on Redis's clock (float string): the released ids' score
+-- ARGV[2i+3]   the i-th claim's job id
+-- ARGV[2i+4]   the i-th claim's token
 --
 -- Returns the number of jobs released (claims whose token no longer matched
 -- are skipped).
@@ -22,7 +23,7 @@
 local released, queued = 0, 0
 for i = 4, #KEYS do
     local n = i - 3
-    local id, token = ARGV[2 * n + 2], ARGV[2 * n + 3]
+    local id, token = ARGV[2 * n + 3], ARGV[2 * n + 4]
     local held = redis.call('HMGET', KEYS[i], 's', 't', 'k')
     if held[1] == 'InProgress' and held[2] == token then
         redis.call('HDEL', KEYS[i], 't', 'w')
@@ -34,7 +35,7 @@ for i = 4, #KEYS do
         else
             redis.call('HSET', KEYS[i], 's', 'Queued', 'd', ARGV[1], 'u', ARGV[1])
             redis.call('HINCRBY', KEYS[i], 'hb', 1)
-            redis.call('ZADD', KEYS[1], ARGV[1], id)
+            redis.call('ZADD', KEYS[1], ARGV[4], id)
             queued = queued + 1
         end
         released = released + 1

@@ -6,6 +6,7 @@
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  now, epoch seconds (float string)
+-- ARGV[3]  now on Redis's clock (float string): the zset score
 --
 -- Returns {1, fields} with the job's hash HGETALL-style; {-1} when there is no
 -- such job; {-2, status} when the job is not Failed.
@@ -20,7 +21,7 @@ end
 redis.call('PERSIST', KEYS[1])
 redis.call('HSET', KEYS[1], 's', 'Queued', 'd', ARGV[2], 'u', ARGV[2])
 redis.call('HDEL', KEYS[1], 'a', 'e')
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('LPUSH', KEYS[3], '1')
 redis.call('LTRIM', KEYS[3], 0, 63)
 return {1, redis.call('HGETALL', KEYS[1])}

@@ -9,15 +9,23 @@
 --          KEYS[5] .. id (same hash tag, so the same Cluster slot).
 --
 -- ARGV[1]  max_queue_size (integer; 0 = no limit)
--- ARGV[2]  now: the due time, epoch seconds (float string)
+-- ARGV[2]  the due time on Redis's clock, epoch seconds (float string): the
+--          zset score (hash times are the caller's, in the fields)
 -- ARGV[3]  the new job's id (UUID string)
 -- ARGV[4]  the idempotency record "<job id>:<fingerprint>" ('' without KEYS[4])
 -- ARGV[5]  the idempotency ttl, milliseconds (integer; '' without KEYS[4])
 -- ARGV[6..] the job hash as field, value, field, value ...
 --
+-- A re-sent call (its reply was lost and the client sent it again) finds the
+-- job's hash and changes nothing: it answers as the first call did.
+--
 -- Returns {0} when created (the caller has the job already), {1, id, fields}
 -- for an idempotent repeat (the existing job, its hash HGETALL-style), {-1} when
 -- the queue is full, {-2} on an idempotency conflict.
+
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return {0}
+end
 
 if KEYS[4] then
     local known = redis.call('GET', KEYS[4])

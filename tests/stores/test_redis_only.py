@@ -402,3 +402,74 @@ def test_pipelined_scripts_survive_a_script_flush(
     )
     assert done
     assert len(claims) == 1
+
+
+# -- unreadable records -------------------------------------------------------------
+
+
+def corrupt(client: redis.Redis, job_id: uuid.UUID) -> None:
+    """Make the job's record unreadable (its creation time is not a number)."""
+    client.hset(f"{{only}}:job:{job_id}", "c", "not-a-time")
+
+
+@pytest.mark.redis
+def test_claim_skips_an_unreadable_record_and_fails_it(
+    real_client: redis.Redis, real_store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, bad, last = (submit(real_store, now=NOW + i) for i in range(3))
+    corrupt(real_client, bad)
+    claims = real_store.claim("w", limit=3, lease=LEASE, now=NOW + 5)
+    assert [c.job_id for c in claims] == [first, last]
+    record = real_client.hgetall(f"{{only}}:job:{bad}")
+    assert record[b"s"] == b"Failed"
+    assert b"UnreadableJob" in record[b"x"]
+    assert real_client.ttl(f"{{only}}:job:{bad}") > 0
+    assert ids_in(real_client, "{only}:claimed") == {str(first), str(last)}
+    assert any(str(bad) in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.redis
+def test_a_sweep_skips_an_unreadable_record_and_does_not_meet_it_again(
+    real_client: redis.Redis, real_store: RedisStore
+) -> None:
+    ids = [submit(real_store, now=NOW + i) for i in range(3)]
+    claimed = real_store.claim("w", limit=3, lease=LEASE, now=NOW + 5)
+    assert len(claimed) == 3
+    corrupt(real_client, ids[1])
+    later = NOW + 5 + LEASE + 1
+    recovered = real_store.recover_expired("sweeper", limit=10, lease=LEASE, now=later)
+    assert sorted(c.job_id for c in recovered) == sorted([ids[0], ids[2]])
+    assert real_client.hget(f"{{only}}:job:{ids[1]}", "s") == b"Failed"
+    again = real_store.recover_expired(
+        "sweeper", limit=10, lease=LEASE, now=later + LEASE + 1
+    )
+    assert ids[1] not in {c.job_id for c in again}
+
+
+# -- misconfiguration -------------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("policy", "warned"), [("allkeys-lru", True), ("noeviction", False)]
+)
+def test_an_evicting_maxmemory_policy_is_said_at_start(
+    real_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    policy: str,
+    warned: bool,
+) -> None:
+    before = real_client.config_get("maxmemory-policy")["maxmemory-policy"]
+    real_client.config_set("maxmemory-policy", policy)
+    store = RedisStore(real_client, prefix="only")
+    try:
+        submit(store)
+        submit(store)
+    finally:
+        real_client.config_set("maxmemory-policy", before)
+        store.close()
+    said = [r for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+    assert len(said) == (1 if warned else 0)  # once, at the first use
+    if warned:
+        assert policy in said[0].getMessage()
+        assert said[0].levelname == "WARNING"

@@ -4,6 +4,7 @@ script calls."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -50,6 +51,8 @@ from async_endpoints.stores.redis.keys import (
     _script_source,
     _ScriptName,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class _BlockingConnection(Protocol):
@@ -249,7 +252,32 @@ class _Connection:
         offset = self._offset
         if offset is None:
             offset = self.sync_clock()
+            self._warn_if_evicting()
         return now + offset
+
+    def _warn_if_evicting(self) -> None:
+        """Say so, once, when Redis may evict keys: jobs would vanish silently.
+
+        Servers that refuse ``CONFIG GET`` (managed ones often do) are not asked
+        twice and get no warning.
+        """
+        try:
+            with self._translate_errors():
+                reply: object = self._redis().config_get("maxmemory-policy")
+        except StoreError as exc:
+            logger.debug("could not read Redis's maxmemory-policy: %s", exc)
+            return
+        policies = set(_policies(reply))
+        evicting = sorted(p for p in policies if p != "noeviction")
+        if evicting:
+            logger.warning(
+                "Redis at %s has maxmemory-policy %s: when it reaches maxmemory it "
+                "evicts keys, and jobs (waiting, running or finished) vanish "
+                "without a trace. Set maxmemory-policy noeviction for the "
+                "database async-endpoints uses.",
+                self._target,
+                ", ".join(evicting),
+            )
 
     def _local(self, instant: float) -> float:
         """An instant on Redis's clock as one on this process's clock."""
@@ -302,3 +330,21 @@ class _Connection:
             closers, self._closers = self._closers, []
         for close in closers:
             close()
+
+
+def _policies(reply: object) -> list[str]:
+    """The maxmemory-policy values in a CONFIG GET reply: a mapping, or one
+    mapping per node from a Cluster client; bytes or str."""
+
+    def text(value: object) -> object:
+        return value.decode() if isinstance(value, bytes) else value
+
+    found: list[str] = []
+    if isinstance(reply, dict):
+        for key, value in reply.items():
+            value = text(value)
+            if text(key) == "maxmemory-policy" and isinstance(value, str):
+                found.append(value)
+            elif isinstance(value, dict):
+                found += _policies(value)
+    return found

@@ -145,16 +145,23 @@ def _decode_job(job_id: str, flat: _Reply) -> Job:
     )
 
 
-def _decode_claims(items: Sequence[_Reply], lease_until: float) -> list[Claim]:
-    """``id, token, fields`` triples (claim/recover replies) into claims."""
-    return [
-        Claim(
-            job=_decode_job(_str(items[i]), items[i + 2]),
-            token=_str(items[i + 1]),
-            lease_until=lease_until,
-        )
-        for i in range(0, len(items), 3)
-    ]
+def _decode_claims(
+    items: Sequence[_Reply], lease_until: float
+) -> tuple[list[Claim], list[tuple[str, str, Exception]]]:
+    """``id, token, fields`` triples (claim/recover replies) into claims, and the
+    ``(id, token, error)`` of each record that cannot be read (kept apart, so that
+    one bad record does not cost the others)."""
+    claims: list[Claim] = []
+    unreadable: list[tuple[str, str, Exception]] = []
+    for i in range(0, len(items), 3):
+        job_id, token = _str(items[i]), _str(items[i + 1])
+        try:
+            job = _decode_job(job_id, items[i + 2])
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            unreadable.append((job_id, token, exc))
+            continue
+        claims.append(Claim(job=job, token=token, lease_until=lease_until))
+    return claims, unreadable
 
 
 def _lease_ms(lease: float) -> str:

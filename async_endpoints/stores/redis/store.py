@@ -4,7 +4,9 @@ Redis; each state transition is one Lua script."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -21,6 +23,7 @@ from async_endpoints.errors import (
     JobFinishedError,
     JobNotFoundError,
     QueueFullError,
+    StoreError,
 )
 from async_endpoints.jobs import (
     Claim,
@@ -51,6 +54,11 @@ from async_endpoints.stores.redis.codec import (
 from async_endpoints.stores.redis.keys import _ScriptName
 from async_endpoints.stores.redis.queries import _Queries
 from async_endpoints.stores.redis.waits import _Waits
+
+logger = logging.getLogger(__name__)
+
+_UNREADABLE_TTL = 7 * 86400.0
+"""How long a job whose record cannot be read is kept, Failed, for operators."""
 
 
 class RedisStore(_Waits, _Queries):
@@ -188,7 +196,44 @@ class RedisStore(_Waits, _Queries):
         reply = _list(raw)
         next_due = _str(reply[0])
         self._next_due = self._local(float(next_due)) if next_due else None
-        return _decode_claims(reply[1:], lease_until)
+        return self._readable(reply[1:], lease_until)
+
+    def _readable(self, items: Sequence[_Reply], lease_until: float) -> list[Claim]:
+        """The claims of a claim or recover reply; a record that cannot be read
+        is logged and ended Failed (``UnreadableJob``), not handed out, so it
+        neither stops the others nor comes back at every sweep."""
+        claims, unreadable = _decode_claims(items, lease_until)
+        for job_id, token, exc in unreadable:
+            logger.error(
+                "job %s in Redis cannot be read (%s); it is failed as UnreadableJob",
+                job_id,
+                exc,
+            )
+            error = ErrorInfo(
+                type="UnreadableJob",
+                message=f"The job's record in Redis cannot be read: {exc}",
+            )
+            args = [
+                job_id,
+                token,
+                _num(time.time()),
+                _dump_error(error),
+                "",
+                _ttl_seconds(_UNREADABLE_TTL),
+                self._keys.ended(job_id),
+                "",
+            ]
+            keys = [
+                self._keys.job(job_id),
+                self._keys.ready,
+                self._keys.claimed,
+                self._keys.wake,
+            ]
+            try:
+                self._call("fail", keys, args)
+            except StoreError:
+                logger.exception("could not fail unreadable job %s", job_id)
+        return claims
 
     def heartbeat(
         self, claims: Sequence[Claim], *, lease: float, now: float
@@ -413,7 +458,7 @@ class RedisStore(_Waits, _Queries):
             self._keys.request(request_id),
         ]
         reply = _list(self._call("recover_expired", keys, args))
-        return _decode_claims(reply, now + lease)
+        return self._readable(reply, now + lease)
 
     def retry(self, job_id: uuid.UUID, *, now: float) -> Job:
         """Put a Failed job back in the queue (Queued, due now, retry count 0).

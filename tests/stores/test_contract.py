@@ -810,3 +810,103 @@ def test_a_second_cancel_of_a_flagged_job_is_not_told_again(
     # Published in order on one channel: a repeat for ``first`` would come first.
     store.cancel(second, ttl=TTL, now=NOW + 4)
     assert store.wait_for_cancels(5.0) == [second]
+
+
+# -- calls sent again (a lost reply) ---------------------------------------------
+
+
+def test_a_submission_sent_again_changes_nothing(store: JobStore) -> None:
+    job = make_job(now=NOW)
+    store.submit(job, max_queue_size=0, now=NOW)
+    claim = claim_one(store, now=NOW + 1)
+    again = store.submit(job, max_queue_size=1, now=NOW + 2)  # full queue: no 429
+    assert again.id == job.id
+    assert status(store, job.id) is JobStatus.IN_PROGRESS
+    assert store.queue_size() == 0
+    assert store.complete(claim, "done", ttl=TTL, now=NOW + 3)
+
+
+def test_a_claim_sent_again_answers_with_the_same_claims(store: JobStore) -> None:
+    first, second, third = (submit(store, now=NOW + i) for i in range(3))
+    claims = store.claim("w1", limit=2, lease=LEASE, now=NOW + 5, request_id="r1")
+    assert [c.job_id for c in claims] == [first, second]
+    again = store.claim("w1", limit=2, lease=LEASE, now=NOW + 6, request_id="r1")
+    assert [(c.job_id, c.token) for c in again] == [(c.job_id, c.token) for c in claims]
+    assert status(store, third) is JobStatus.QUEUED  # nothing new was taken
+    # A claim that ended meanwhile is not handed out again.
+    assert store.complete(claims[0], 1, ttl=TTL, now=NOW + 7)
+    later = store.claim("w1", limit=2, lease=LEASE, now=NOW + 8, request_id="r1")
+    assert [c.job_id for c in later] == [second]
+    # Another request id claims anew.
+    fresh = store.claim("w1", limit=2, lease=LEASE, now=NOW + 9, request_id="r2")
+    assert [c.job_id for c in fresh] == [third]
+
+
+def test_complete_and_claim_sent_again_counts_once(store: JobStore) -> None:
+    first, second, third = (submit(store, now=NOW + i) for i in range(3))
+    claim = claim_one(store, now=NOW + 5)
+    done, claims = store.complete_and_claim(
+        claim,
+        1,
+        ttl=TTL,
+        owner="w1",
+        limit=1,
+        lease=LEASE,
+        now=NOW + 6,
+        request_id="r1",
+    )
+    assert done
+    assert [c.job_id for c in claims] == [second]
+    done, again = store.complete_and_claim(
+        claim,
+        1,
+        ttl=TTL,
+        owner="w1",
+        limit=1,
+        lease=LEASE,
+        now=NOW + 7,
+        request_id="r1",
+    )
+    assert done
+    assert [(c.job_id, c.token) for c in again] == [(second, claims[0].token)]
+    assert status(store, third) is JobStatus.QUEUED
+    job = store.get(first, now=NOW + 7)
+    assert job is not None
+    assert job.completed_at == NOW + 6  # the repeat changed nothing
+
+
+def test_a_failure_sent_again_counts_once(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = claim_one(store, now=NOW + 1)
+    assert store.fail(claim, BOOM, retry_at=NOW + 10, ttl=TTL, now=NOW + 2)
+    assert store.fail(claim, BOOM, retry_at=NOW + 20, ttl=TTL, now=NOW + 3)
+    job = store.get(job_id, now=NOW + 3)
+    assert job is not None
+    assert (job.status, job.retry_count, job.due_at) == (
+        JobStatus.SCHEDULED,
+        1,
+        NOW + 10,
+    )
+    # The other transition by that token is still refused.
+    assert not store.complete(claim, "late", ttl=TTL, now=NOW + 4)
+    # So is a repeat by the token of an earlier attempt, once a new one ran.
+    retry = claim_one(store, now=NOW + 10)
+    assert store.complete(retry, "ok", ttl=TTL, now=NOW + 11)
+    assert store.fail(claim, BOOM, retry_at=None, ttl=TTL, now=NOW + 12) is False
+    assert status(store, job_id, now=NOW + 12) is JobStatus.COMPLETED
+
+
+def test_a_sweep_sent_again_answers_with_the_same_claims(store: JobStore) -> None:
+    ids = [submit(store, now=NOW + i) for i in range(2)]
+    store.claim("dead", limit=2, lease=LEASE, now=NOW + 5)
+    later = NOW + 5 + LEASE + 1
+    taken = store.recover_expired(
+        "sweeper", limit=10, lease=LEASE, now=later, request_id="s1"
+    )
+    assert sorted(c.job_id for c in taken) == sorted(ids)
+    again = store.recover_expired(
+        "sweeper", limit=10, lease=LEASE, now=later + 1, request_id="s1"
+    )
+    assert sorted((c.job_id, c.token) for c in again) == sorted(
+        (c.job_id, c.token) for c in taken
+    )

@@ -2,7 +2,10 @@
 
 Each state transition is one Lua script (``stores/redis/lua/<method>.lua``), registered
 once per store and run by SHA (redis-py reloads it on ``NOSCRIPT``). The caller's
-clock arrives in ``ARGV`` as ``now``; scripts never read Redis ``TIME``.
+clock arrives in ``ARGV`` as ``now`` for the times a job shows; the instants that
+decide between processes (due scores, lease ends, heartbeats) arrive as ``now``
+plus the process's measured offset to Redis ``TIME`` (``clock.lua``), so they are
+on Redis's clock.
 
 Key layout (``P`` is the prefix; the braces make ``{P}`` a Redis Cluster hash tag,
 so every key of one prefix lives in one slot)::
@@ -10,10 +13,14 @@ so every key of one prefix lives in one slot)::
     {P}:job:<uuid>       hash    one job (fields below); finished jobs carry an
                                  EXPIRE of ceil(ttl) seconds
     {P}:ready            zset    waiting (Queued and Scheduled) job ids, scored by
-                                 due time (epoch seconds)
-    {P}:claimed          zset    InProgress job ids, scored by lease end
+                                 due time (epoch seconds, Redis's clock)
+    {P}:claimed          zset    InProgress job ids, scored by lease end (Redis's
+                                 clock)
     {P}:wake             list    wake-up tokens for idle workers (BLPOP), at most 64
     {P}:idem:<key>       string  "<job uuid>:<fingerprint>", PX = the key's ttl
+    {P}:req:<id>         string  the job ids one claim request took ("id,id" or,
+                                 for a sweep, "i=id,i=id"), PX = the lease: a
+                                 request sent again answers with them
     {P}:workers          hash    live worker name -> last heartbeat
 
 and two kinds of Pub/Sub channels (not keys): ``{P}:ended:<uuid>``, told when
@@ -38,6 +45,8 @@ empty mapping), to keep a finished job small (a few hundred bytes, listpack)::
     g  progress (JSON [fraction, message])
     k  "1" once cancellation was requested
     hb hand-backs in a row (absent: none)
+    lt "c:" or "f:" and the first 12 characters of the token whose complete or
+       fail applied last (answers a re-send of that call)
     t  claim token     w  claiming worker            (InProgress only)
 
 Times are ``repr(float)`` strings, so they read back exactly. Values are JSON, never

@@ -267,17 +267,20 @@ class Worker:
                 self._stopping.wait(delay)
                 continue
             with self._lock:
-                if self._stopping.is_set():
-                    # Stopped between claim and start: hand them back (stop()
-                    # waits for this, as it is still marked as claiming).
-                    self._release_quietly(claims)
+                stopped = self._stopping.is_set()
+                if not stopped:
+                    runs = [_Run(claim=claim) for claim in claims]
+                    for run in runs:
+                        self._runs[run.claim.token] = run
+                    self._claiming = False
+            if stopped:
+                # Stopped between claim and start: hand them back (stop() waits
+                # for this, as a claim is still in flight), outside the lock.
+                self._release_quietly(claims)
+                with self._lock:
                     self._claiming = False
                     self._slot_free.notify_all()
-                    break
-                runs = [_Run(claim=claim) for claim in claims]
-                for run in runs:
-                    self._runs[run.claim.token] = run
-                self._claiming = False
+                break
             for run in runs:
                 self._queue.put(run)
             short = len(claims) < free

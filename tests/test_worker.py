@@ -337,3 +337,108 @@ def test_an_idle_worker_stops_at_once(live_app: tuple[Flask, AsyncEndpoints]) ->
     began = time.monotonic()
     ae.shutdown(grace=10)
     assert time.monotonic() - began < 3, "an idle worker waited out its grace"
+
+
+class _OwnedLock:
+    """A lock that knows which thread holds it (for the test below)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.owner: int | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self._lock.acquire(blocking, timeout)
+        if got:
+            self.owner = threading.get_ident()
+        return got
+
+    def release(self) -> None:
+        self.owner = None
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_no_store_call_is_made_under_the_worker_lock() -> None:
+    """A slow store must not stall every thread of the worker: no call to it is
+    made while the worker's lock is held (claims, runs, hand-backs, stop)."""
+    from async_endpoints.worker import Worker
+
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_MAX_CONCURRENCY=2, ASYNC_ENDPOINTS_START_WORKER=False
+    )
+    ae = AsyncEndpoints(app)
+    gate = threading.Event()
+
+    @ae.post("/wait", name="Wait")
+    def wait(ctx: AsyncContext) -> None:
+        gate.wait(10)
+
+    state = ae._states[app]
+    store = state.store
+    lock = _OwnedLock()
+    violations: list[str] = []
+
+    claiming, let_claim = threading.Event(), threading.Event()
+    let_claim.set()
+
+    class Watched:
+        def __getattr__(self, name: str) -> object:
+            attribute = getattr(store, name)
+            if not callable(attribute):
+                return attribute
+
+            def call(*args: object, **kwargs: object) -> object:
+                if lock.owner == threading.get_ident():
+                    violations.append(name)
+                if name == "claim":
+                    claiming.set()
+                    assert let_claim.wait(10)
+                return attribute(*args, **kwargs)
+
+            return call
+
+    state.manager.store = Watched()  # type: ignore[assignment]
+    worker = Worker(state.manager)
+    worker._lock = lock  # type: ignore[assignment]
+    worker._slot_free = threading.Condition(lock)  # type: ignore[arg-type]
+    with app.app_context():
+        ids = [ae.submit("Wait", {}).id for _ in range(4)]
+    worker.start()
+    try:
+        wait_until(lambda: len(worker.held_claims()) == 2, 10, "two running jobs")
+        gate.set()
+        wait_until(
+            lambda: all(status_of(app, ae, i) is JobStatus.COMPLETED for i in ids),
+            10,
+            "every job",
+        )
+        gate.clear()
+        with app.app_context():
+            ae.submit("Wait", {})
+        wait_until(lambda: len(worker.held_claims()) == 1, 10, "a running job")
+    finally:
+        worker.stop(grace=0)  # hands the running job back
+        gate.set()
+    # Stopped while a claim is in flight: what it got is handed back.
+    late = Worker(state.manager)
+    late._lock = lock  # type: ignore[assignment]
+    late._slot_free = threading.Condition(lock)  # type: ignore[arg-type]
+    with app.app_context():
+        queued = ae.submit("Wait", {}).id
+    let_claim.clear()
+    claiming.clear()
+    late.start()
+    assert claiming.wait(10)
+    stopper = threading.Thread(target=late.stop, kwargs={"grace": 5})
+    stopper.start()
+    wait_until(late._stopping.is_set, 10, "the stop to begin")
+    let_claim.set()
+    stopper.join(10)
+    assert status_of(app, ae, queued) is JobStatus.QUEUED
+    assert violations == []

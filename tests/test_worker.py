@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -442,3 +443,65 @@ def test_no_store_call_is_made_under_the_worker_lock() -> None:
     stopper.join(10)
     assert status_of(app, ae, queued) is JobStatus.QUEUED
     assert violations == []
+
+
+def test_a_slow_signal_receiver_does_not_delay_heartbeats() -> None:
+    """The sweeper fails a dead worker's job, and that job's ``job_failed``
+    receiver blocks the thread that sweeps; the leases of the jobs running here
+    are renewed all the same."""
+    from async_endpoints.signals import job_failed
+
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_MAX_CONCURRENCY=2,
+        ASYNC_ENDPOINTS_CLAIM_TIMEOUT_SECONDS=1.5,  # a heartbeat every 0.5 s
+        ASYNC_ENDPOINTS_SWEEP_INTERVAL_SECONDS=0.2,
+        ASYNC_ENDPOINTS_MAX_RETRIES=0,
+    )
+    ae = AsyncEndpoints(app)
+    receiving, unblock, finish = threading.Event(), threading.Event(), threading.Event()
+    told: list[str | None] = []
+
+    @ae.post("/dead", name="Dead")
+    def dead(ctx: AsyncContext) -> None:
+        raise AssertionError("its worker died; the sweeper fails it")
+
+    @ae.post("/long", name="Long")
+    def long(ctx: AsyncContext) -> str:
+        if ctx.cancelled.wait(10) or not finish.is_set():
+            told.append(ctx.cancel_reason)
+        return "done"
+
+    def slow_receiver(sender: Flask, **extra: object) -> None:
+        receiving.set()
+        unblock.wait(10)
+
+    store = ae._states[app].store
+    with app.app_context():
+        ae.submit("Dead", {})
+    # A worker elsewhere claimed it and died: its lease ends at once.
+    assert len(store.claim("gone", limit=1, lease=0.05, now=time.time())) == 1
+    job_failed.connect(slow_receiver, app)
+    client = app.test_client()
+    try:
+        long_id = client.post("/long", json={}).get_json()["id"]  # starts the worker
+        assert receiving.wait(10), "the sweeper never failed the dead worker's job"
+        wait_until(
+            lambda: status_of(app, ae, long_id) is JobStatus.IN_PROGRESS, 10, "Long"
+        )
+        # Two leases' worth of time with the receiver blocked, then a sweep.
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            unblock.wait(0.1)
+        recovered = store.recover_expired("other", limit=10, lease=30, now=time.time())
+        assert recovered == [], "a lease was not renewed while a receiver blocked"
+    finally:
+        finish.set()
+        unblock.set()
+        job_failed.disconnect(slow_receiver, app)
+        ae._states[app].manager.signal_cancel([uuid.UUID(long_id)])
+    wait_until(
+        lambda: status_of(app, ae, long_id) is not JobStatus.IN_PROGRESS, 10, "Long"
+    )
+    ae.shutdown(grace=0)
+    assert told == ["canceled"]

@@ -910,3 +910,19 @@ def test_a_sweep_sent_again_answers_with_the_same_claims(store: JobStore) -> Non
     assert sorted((c.job_id, c.token) for c in again) == sorted(
         (c.job_id, c.token) for c in taken
     )
+
+
+def test_memory_forgets_expired_keys_and_requests(memory_store: MemoryStore) -> None:
+    """A long-lived process does not keep every key and claim request it saw."""
+    for n in range(50):
+        memory_store.submit(
+            make_job(now=NOW),
+            max_queue_size=0,
+            idempotency=Idempotency(key=f"k{n}", fingerprint="f", ttl=10.0),
+            now=NOW,
+        )
+        memory_store.claim("w", limit=1, lease=LEASE, now=NOW, request_id=f"r{n}")
+    assert len(memory_store._idempotency) == len(memory_store._requests) == 50
+    submit(memory_store, now=NOW + LEASE + 1)  # any call purges what expired
+    assert memory_store._idempotency == {}
+    assert memory_store._requests == {}

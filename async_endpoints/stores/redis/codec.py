@@ -121,17 +121,19 @@ def _decode_job(job_id: str, flat: _Reply) -> Job:
     if "g" in f:
         fraction, note = json.loads(f["g"])
         progress = Progress(fraction=fraction, message=note)
+    status = JobStatus(f["s"])
     return Job(
         id=uuid.UUID(job_id),
         name=f["n"],
-        status=JobStatus(f["s"]),
+        status=status,
         max_retries=int(f["m"]),
         created_at=float(f["c"]),
         last_updated_at=float(f["u"]),
         retry_count=int(f.get("a", "0")),
         started_at=_opt_float(f.get("b")),
         completed_at=_opt_float(f.get("e")),
-        due_at=_opt_float(f.get("d")),
+        # A claim leaves d behind: it means something only while the job waits.
+        due_at=_opt_float(f.get("d")) if status.is_waiting else None,
         payload=json.loads(f["p"]) if "p" in f else None,
         headers=json.loads(f["h"]) if "h" in f else {},
         route_params=json.loads(f["rp"]) if "rp" in f else {},

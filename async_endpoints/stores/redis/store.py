@@ -168,7 +168,7 @@ class RedisStore(_Waits, _Queries):
         if limit <= 0:
             return []
         keys, args = self._claim_call(owner, limit, lease, now, request_id)
-        return self._claimed(self._call("claim", keys, args), now + lease)
+        return self._claimed(self._call("claim", keys, args), now, lease)
 
     def _claim_call(
         self,
@@ -192,11 +192,28 @@ class RedisStore(_Waits, _Queries):
         keys = [self._keys.ready, self._keys.claimed, self._keys.job_prefix]
         return [*keys, self._keys.request(request_id)], args
 
-    def _claimed(self, raw: _Reply, lease_until: float) -> list[Claim]:
+    def _claimed(self, raw: _Reply, now: float, lease: float) -> list[Claim]:
+        """A claim's reply: each job as it was, with the claim's changes applied
+        here (claim.lua returns the hash it read, rather than read it again)."""
         reply = _list(raw)
         next_due = _str(reply[0])
         self._next_due = self._local(float(next_due)) if next_due else None
-        return self._readable(reply[1:], lease_until)
+        claims = self._readable(reply[1:], now + lease)
+        return [
+            dataclasses.replace(
+                c,
+                job=dataclasses.replace(
+                    c.job,
+                    status=JobStatus.IN_PROGRESS,
+                    started_at=now,
+                    last_updated_at=now,
+                    due_at=None,
+                ),
+            )
+            if c.job.status.is_waiting
+            else c
+            for c in claims
+        ]
 
     def _readable(self, items: Sequence[_Reply], lease_until: float) -> list[Claim]:
         """The claims of a claim or recover reply; a record that cannot be read
@@ -279,7 +296,7 @@ class RedisStore(_Waits, _Queries):
     def _complete_call(
         self, claim: Claim, result: JSONValue, ttl: float, now: float
     ) -> tuple[list[str], list[str]]:
-        keys = [self._keys.job(claim.job_id), self._keys.ready, self._keys.claimed]
+        keys = [self._keys.job(claim.job_id), self._keys.claimed]
         encoded = "" if result is None else _dump(result)
         args = [str(claim.job_id), claim.token, _num(now), encoded, _ttl_seconds(ttl)]
         return keys, [*args, self._keys.ended(claim.job_id)]
@@ -318,7 +335,7 @@ class RedisStore(_Waits, _Queries):
             ("claim", claim_keys, claim_args),
         ]
         completed, claimed = self._pipeline(client, calls)
-        return _int(completed) == 1, self._claimed(claimed, now + lease)
+        return _int(completed) == 1, self._claimed(claimed, now, lease)
 
     def fail(
         self,

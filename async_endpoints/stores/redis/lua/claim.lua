@@ -22,7 +22,8 @@
 -- the jobs the first call claimed that are still held under its tokens.
 --
 -- Returns {next_due, id, token, fields, id, token, fields, ...}: fields is the
--- claimed job's hash, HGETALL-style. next_due is the score (Redis's clock) of
+-- claimed job's hash, HGETALL-style, as it was before the claim (a re-sent
+-- request's: as it is now). next_due is the score (Redis's clock) of
 -- the earliest job still waiting when fewer than `limit` were claimed, else ''.
 -- Ids in the zset whose hash is gone (or no longer waiting) are dropped.
 
@@ -52,20 +53,29 @@ while n < limit do
     if #ids == 0 then
         break
     end
+    redis.call('ZREM', KEYS[1], unpack(ids))
     for _, id in ipairs(ids) do
-        redis.call('ZREM', KEYS[1], id)
         local key = KEYS[3] .. id
-        local status = redis.call('HGET', key, 's')
+        -- The hash as it was: the caller applies the claim's changes to it (status
+        -- InProgress, started and updated now, no due time), saving a read.
+        local fields = redis.call('HGETALL', key)
+        local status
+        for i = 1, #fields, 2 do
+            if fields[i] == 's' then
+                status = fields[i + 1]
+                break
+            end
+        end
         if status == 'Queued' or status == 'Scheduled' then
             n = n + 1
             local token = ARGV[4] .. ':' .. n
+            -- d (the due time) stays: it means nothing once the job is not waiting.
             redis.call('HSET', key, 's', 'InProgress', 'b', stamp, 'u', stamp,
                 't', token, 'w', ARGV[5])
-            redis.call('HDEL', key, 'd')
             redis.call('ZADD', KEYS[2], ARGV[3], id)
             out[#out + 1] = id
             out[#out + 1] = token
-            out[#out + 1] = redis.call('HGETALL', key)
+            out[#out + 1] = fields
             claimed[n] = id
         end
     end

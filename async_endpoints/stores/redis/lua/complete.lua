@@ -1,8 +1,8 @@
 -- complete.lua: finish a held job Completed (Canceled if cancel was requested).
 --
 -- KEYS[1]  the job's hash        {prefix}:job:<id>  (finished, then EXPIREd)
--- KEYS[2]  the waiting-jobs zset {prefix}:ready     (id removed)
--- KEYS[3]  the leases zset       {prefix}:claimed   (id removed)
+-- KEYS[2]  the leases zset       {prefix}:claimed   (id removed; a job held is
+--          never also waiting, so the waiting-jobs zset is not touched)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  the claim token (fencing: must be the job's current token)
@@ -21,15 +21,17 @@ local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'c:' .. string.sub(ARGV[2], 1, 12) and 1 or 0
 end
-redis.call('HDEL', KEYS[1], 'r', 'x', 't', 'w', 'd', 'hb')
 local status = held[3] and 'Canceled' or 'Completed'
-redis.call('HSET', KEYS[1], 's', status, 'e', ARGV[3], 'u', ARGV[3],
-    'lt', 'c:' .. string.sub(ARGV[2], 1, 12))
-if status == 'Completed' and ARGV[4] ~= '' then
-    redis.call('HSET', KEYS[1], 'r', ARGV[4])
+local stored = status == 'Completed' and ARGV[4] ~= ''
+redis.call('HDEL', KEYS[1], 'r', 'x', 't', 'w', 'd', 'hb')
+local fields = {'s', status, 'e', ARGV[3], 'u', ARGV[3],
+    'lt', 'c:' .. string.sub(ARGV[2], 1, 12)}
+if stored then
+    fields[#fields + 1] = 'r'
+    fields[#fields + 1] = ARGV[4]
 end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('PUBLISH', ARGV[6], status)
 return 1

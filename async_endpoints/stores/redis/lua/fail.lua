@@ -2,7 +2,8 @@
 -- or Canceled if its cancellation was requested.
 --
 -- KEYS[1]  the job's hash        {prefix}:job:<id>  (updated; EXPIREd if finished)
--- KEYS[2]  the waiting-jobs zset {prefix}:ready     (id added on retry, else removed)
+-- KEYS[2]  the waiting-jobs zset {prefix}:ready     (id added on retry; a held job
+--          is never waiting, so there is nothing to remove otherwise)
 -- KEYS[3]  the leases zset       {prefix}:claimed   (id removed)
 -- KEYS[4]  the wake-up list      {prefix}:wake      (one token pushed on retry)
 --
@@ -33,7 +34,6 @@ if held[3] or ARGV[5] == '' then
     local status = held[3] and 'Canceled' or 'Failed'
     redis.call('HSET', KEYS[1], 's', status, 'x', ARGV[4], 'e', ARGV[3], 'u', ARGV[3])
     redis.call('HDEL', KEYS[1], 'd')
-    redis.call('ZREM', KEYS[2], ARGV[1])
     redis.call('EXPIRE', KEYS[1], ARGV[6])
     redis.call('PUBLISH', ARGV[7], status)
 else
@@ -41,7 +41,8 @@ else
         'u', ARGV[3])
     redis.call('HINCRBY', KEYS[1], 'a', 1)
     redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
-    redis.call('LPUSH', KEYS[4], '1')
-    redis.call('LTRIM', KEYS[4], 0, 63)
+    if redis.call('LPUSH', KEYS[4], '1') > 64 then
+        redis.call('LTRIM', KEYS[4], 0, 63)
+    end
 end
 return 1

@@ -42,7 +42,8 @@ for i = 4, #KEYS do
     end
 end
 if queued > 0 then
-    redis.call('LPUSH', KEYS[3], '1')
-    redis.call('LTRIM', KEYS[3], 0, 63)
+    if redis.call('LPUSH', KEYS[3], '1') > 64 then
+        redis.call('LTRIM', KEYS[3], 0, 63)
+    end
 end
 return released

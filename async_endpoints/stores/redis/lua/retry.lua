@@ -22,6 +22,7 @@ redis.call('PERSIST', KEYS[1])
 redis.call('HSET', KEYS[1], 's', 'Queued', 'd', ARGV[2], 'u', ARGV[2])
 redis.call('HDEL', KEYS[1], 'a', 'e')
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('LPUSH', KEYS[3], '1')
-redis.call('LTRIM', KEYS[3], 0, 63)
+if redis.call('LPUSH', KEYS[3], '1') > 64 then
+    redis.call('LTRIM', KEYS[3], 0, 63)
+end
 return {1, redis.call('HGETALL', KEYS[1])}

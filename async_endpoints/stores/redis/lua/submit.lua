@@ -51,6 +51,7 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 if KEYS[4] then
     redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5])
 end
-redis.call('LPUSH', KEYS[3], '1')
-redis.call('LTRIM', KEYS[3], 0, 63)
+if redis.call('LPUSH', KEYS[3], '1') > 64 then
+    redis.call('LTRIM', KEYS[3], 0, 63)
+end
 return {0}

@@ -51,6 +51,9 @@ from async_endpoints.settings import Settings
 from async_endpoints.stores.base import JobStore
 
 logger = logging.getLogger(__name__)
+# Never set: waits on it are plain pauses. An Event wait, unlike time.sleep, also
+# works where the wall clock is shifted by libfaketime (clock-skew tests).
+_PAUSE = threading.Event()
 
 Handler = Callable[[AsyncContext], object]
 Validator = Callable[[AsyncContext], object]
@@ -519,7 +522,7 @@ class JobManager:
                         "The job store stayed unreachable while the run's outcome "
                         "was being recorded."
                     )
-                time.sleep(pause)
+                _PAUSE.wait(pause)  # not time.sleep: see _PAUSE
             try:
                 return record()
             except StoreUnavailableError:

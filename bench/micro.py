@@ -132,7 +132,8 @@ def _stages(server: RedisServer, n: int) -> None:
 
     from async_endpoints import views
     from async_endpoints.jobs import Job, JobStatus
-    from async_endpoints.stores import redis as store_module
+    from async_endpoints.stores.redis import codec as store_module
+    from async_endpoints.stores.redis import RedisStore
 
     print("CPU µs per call, stages of async-endpoints' submit path:")
     app = create_app("ours-memory", start_worker=False)
@@ -163,7 +164,7 @@ def _stages(server: RedisServer, n: int) -> None:
             cpu_per_call(lambda: state.manager.submit("noop", PAYLOAD), n),
         )
     client = redis.Redis.from_url(server.url(3))
-    store = store_module.RedisStore(client, prefix="micro")
+    store = RedisStore(client, prefix="micro")
     now = time.time()
     headers = {
         "host": "127.0.0.1:8000",

@@ -2,7 +2,7 @@
 
 Options: ``--quick`` (one short round of everything, written to
 ``results/quick.*`` so it never replaces the full results), ``--rounds N``,
-``--only submit,pickup,drain,cost``, ``--python-load`` (the bundled load
+``--only submit,pickup,drain,cost,e2e``, ``--python-load`` (the bundled load
 generator even when wrk is installed), ``--out NAME``. The run starts its own
 redis-server (one per section) and gunicorn processes on 127.0.0.1, stops each by
 pid even on error, and exits non-zero if a section failed.
@@ -18,12 +18,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import cost, drain, pickup, report, submit
+from bench import cost, drain, e2e, pickup, report, submit
 from bench.common import FULL, QUICK, RESULTS, Plan, log
 from bench.http_load import tool
 from bench.servers import RedisServer
 
-SECTIONS = ("submit", "pickup", "drain", "cost")
+SECTIONS = ("submit", "pickup", "drain", "cost", "e2e")
 
 
 def _with_server(
@@ -41,6 +41,7 @@ RUNNERS: dict[str, Callable[[Plan], dict[str, Any]]] = {
     "pickup": _with_server(pickup.run),
     "drain": _with_server(drain.run),
     "cost": cost.run,
+    "e2e": _with_server(e2e.run),
 }
 
 

@@ -1,7 +1,8 @@
 """The Flask apps under test, one per system, chosen by ``BENCH_SYSTEM``.
 
-Every app answers ``POST /submit`` (queue a no-op job) and ``POST /stamp`` (queue a
-job that returns its start time) with ``202`` and a small JSON body:
+Every app answers ``POST /submit`` (queue a no-op job), ``POST /stamp`` (queue a
+job that returns its start time) and ``POST /incr`` (queue a job that does one Redis
+``INCR`` of ``bench.tasks.COUNTER_KEY``) with ``202`` and a small JSON body:
 
 ``ceiling``
     a bare Flask view: parse the JSON body, answer 202 with an id; queues nothing.
@@ -15,6 +16,10 @@ job that returns its start time) with ``202`` and a small JSON body:
     ``Queue.enqueue`` of RQ.
 ``celery``
     ``Task.delay`` of Celery (Redis broker and result backend).
+``huey``
+    calling a Huey task (``bench.huey_app``: Redis storage, results kept).
+``dramatiq``
+    ``Actor.send`` of Dramatiq (``bench.dramatiq_app``: Redis broker, results kept).
 
 ``BENCH_REDIS_URL`` names the Redis database; ``BENCH_PREFIX`` the key prefix of
 async-endpoints.
@@ -36,6 +41,8 @@ SYSTEMS: Final = (
     "ours-memory",
     "rq",
     "celery",
+    "huey",
+    "dramatiq",
 )
 
 
@@ -76,6 +83,10 @@ def create_app(
         _rq(app, redis_url or os.environ["BENCH_REDIS_URL"])
     elif system == "celery":
         _celery(app)
+    elif system == "huey":
+        _huey(app)
+    elif system == "dramatiq":
+        _dramatiq(app)
     else:
         raise ValueError(f"unknown BENCH_SYSTEM {system!r}; one of {SYSTEMS}")
     return app
@@ -84,6 +95,7 @@ def create_app(
 def _ceiling(app: Flask) -> None:
     @app.post("/submit")
     @app.post("/stamp")
+    @app.post("/incr")
     def submit() -> tuple[dict[str, Any], int]:
         request.get_json()
         return {"id": str(uuid.uuid4()), "status": "Queued"}, 202
@@ -93,6 +105,7 @@ def _ours(
     app: Flask, system: str, redis_url: str | None, start_worker: bool | None
 ) -> None:
     from async_endpoints import AsyncContext, AsyncEndpoints
+    from bench import tasks
 
     app.config.update(ours_config(system, redis_url, start_worker))
     ae = AsyncEndpoints(app)
@@ -104,6 +117,10 @@ def _ours(
     @ae.post("/stamp", name="stamp")
     def stamp(ctx: AsyncContext) -> dict[str, float]:
         return {"t": time.time()}
+
+    @ae.post("/incr", name="incr")
+    def incr(ctx: AsyncContext) -> None:
+        tasks.incr()
 
 
 def _rq(app: Flask, redis_url: str) -> None:
@@ -124,6 +141,11 @@ def _rq(app: Flask, redis_url: str) -> None:
         job = queue.enqueue(tasks.stamp, request.get_json())
         return {"id": job.id, "status": "Queued"}, 202
 
+    @app.post("/incr")
+    def incr() -> tuple[dict[str, Any], int]:
+        job = queue.enqueue(tasks.incr, request.get_json())
+        return {"id": job.id, "status": "Queued"}, 202
+
 
 def _celery(app: Flask) -> None:
     from bench import celery_app
@@ -137,3 +159,46 @@ def _celery(app: Flask) -> None:
     def stamp() -> tuple[dict[str, Any], int]:
         result = celery_app.stamp.delay(request.get_json())
         return {"id": result.id, "status": "Queued"}, 202
+
+    @app.post("/incr")
+    def incr() -> tuple[dict[str, Any], int]:
+        result = celery_app.incr.delay(request.get_json())
+        return {"id": result.id, "status": "Queued"}, 202
+
+
+def _huey(app: Flask) -> None:
+    from bench.huey_app import app as huey
+
+    @app.post("/submit")
+    def submit() -> tuple[dict[str, Any], int]:
+        result = huey.noop(request.get_json())
+        return {"id": result.id, "status": "Queued"}, 202
+
+    @app.post("/stamp")
+    def stamp() -> tuple[dict[str, Any], int]:
+        result = huey.stamp(request.get_json())
+        return {"id": result.id, "status": "Queued"}, 202
+
+    @app.post("/incr")
+    def incr() -> tuple[dict[str, Any], int]:
+        result = huey.incr(request.get_json())
+        return {"id": result.id, "status": "Queued"}, 202
+
+
+def _dramatiq(app: Flask) -> None:
+    from bench.dramatiq_app import app as dramatiq
+
+    @app.post("/submit")
+    def submit() -> tuple[dict[str, Any], int]:
+        message = dramatiq.noop.send(request.get_json())
+        return {"id": message.message_id, "status": "Queued"}, 202
+
+    @app.post("/stamp")
+    def stamp() -> tuple[dict[str, Any], int]:
+        message = dramatiq.stamp.send(request.get_json())
+        return {"id": message.message_id, "status": "Queued"}, 202
+
+    @app.post("/incr")
+    def incr() -> tuple[dict[str, Any], int]:
+        message = dramatiq.incr.send(request.get_json())
+        return {"id": message.message_id, "status": "Queued"}, 202

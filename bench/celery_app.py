@@ -17,7 +17,8 @@ from bench import tasks
 
 
 def make_app(url: str) -> Celery:
-    """A Celery app on ``url`` with the tasks ``bench.noop`` and ``bench.stamp``."""
+    """A Celery app on ``url`` with the tasks ``bench.noop``, ``bench.stamp`` and
+    ``bench.incr``."""
     celery = Celery("bench", broker=url, backend=url)
     celery.conf.broker_connection_retry_on_startup = True
 
@@ -27,8 +28,12 @@ def make_app(url: str) -> Celery:
     def stamp(payload: Any = None) -> float:
         return tasks.stamp(payload)
 
+    def incr(payload: Any = None) -> None:
+        tasks.incr(payload)
+
     celery.task(name="bench.noop", shared=False)(noop)
     celery.task(name="bench.stamp", shared=False)(stamp)
+    celery.task(name="bench.incr", shared=False)(incr)
 
     return celery
 
@@ -36,3 +41,4 @@ def make_app(url: str) -> Celery:
 app = make_app(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
 noop = app.tasks["bench.noop"]
 stamp = app.tasks["bench.stamp"]
+incr = app.tasks["bench.incr"]

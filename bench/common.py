@@ -36,6 +36,8 @@ class Plan:
     cost_trickle_jobs: int = 100
     cost_burst_jobs: int = 1000
     idle_seconds: float = 10.0
+    e2e_seconds: float = 10.0
+    e2e_cap_seconds: float = 60.0
 
 
 FULL: Final = Plan()
@@ -49,6 +51,7 @@ QUICK: Final = Plan(
     cost_trickle_jobs=30,
     cost_burst_jobs=300,
     idle_seconds=3.0,
+    e2e_seconds=3.0,
 )
 
 

@@ -11,7 +11,7 @@ harness's own polling and ``INFO`` calls, which it counted exactly.
 Phases, on the same processes:
 
 ``idle``
-    all three workers idle at once for ``idle_seconds``: Redis calls per second
+    all the workers idle at once for ``idle_seconds``: Redis calls per second
     of an idle worker process.
 ``trickle``
     ``cost_trickle_jobs`` jobs one at a time, each waited for: the worst case,
@@ -22,9 +22,11 @@ Phases, on the same processes:
 Then ``MEMORY USAGE`` of every key left (the finished jobs, kept as each system
 keeps them by default) divided by the jobs run, and the growth of ``used_memory``.
 Workers: async-endpoints' CLI worker (2 handler threads), RQ's SimpleWorker,
-Celery's solo pool (the in-process pools, so that the counting sees every call;
-RQ's forking Worker and Celery's prefork make the same calls per job from child
-processes).
+Celery's solo pool, a Huey consumer with 8 worker threads, and one Dramatiq worker
+with 8 threads run in the started process (``python -m bench.dramatiq_app``: what
+each process of the ``dramatiq`` CLI runs). These are in-process pools, so that the
+counting sees every call; RQ's forking Worker, Celery's prefork and the
+``dramatiq`` CLI make the same calls per job from child processes.
 """
 
 from __future__ import annotations
@@ -47,8 +49,12 @@ from bench.systems import (
     RQ,
     Adapter,
     Celery,
+    Dramatiq,
+    Huey,
     Ours,
     celery_worker,
+    dramatiq_inprocess_worker,
+    huey_consumer,
     ours_worker,
     rq_worker,
 )
@@ -79,6 +85,18 @@ SYSTEMS = [
         "Celery (solo pool)",
         Celery,
         lambda url, out: celery_worker("solo", 1, out),
+    ),
+    System(
+        "huey",
+        "Huey (1 consumer, `-k thread -w 8`)",
+        Huey,
+        lambda url, out: huey_consumer(8, out),
+    ),
+    System(
+        "dramatiq",
+        "Dramatiq (1 worker in-process, 8 threads)",
+        Dramatiq,
+        lambda url, out: dramatiq_inprocess_worker(8, out),
     ),
 ]
 

@@ -24,8 +24,12 @@ from bench.systems import (
     RQ,
     Adapter,
     Celery,
+    Dramatiq,
+    Huey,
     Ours,
     celery_worker,
+    dramatiq_worker,
+    huey_consumer,
     ours_worker,
     rq_worker,
 )
@@ -73,6 +77,18 @@ CONFIGS = [
         "Celery, 2 x threads pool, concurrency 2",
         Celery,
         lambda url: [celery_worker("threads", 2) for _ in range(2)],
+    ),
+    Config(
+        "huey",
+        "Huey, 1 consumer `-k thread -w 8`",
+        Huey,
+        lambda url: [huey_consumer(8)],
+    ),
+    Config(
+        "dramatiq",
+        "Dramatiq, `--processes 2 --threads 8`",
+        Dramatiq,
+        lambda url: [dramatiq_worker(2, 8)],
     ),
 ]
 

@@ -132,8 +132,8 @@ def _stages(server: RedisServer, n: int) -> None:
 
     from async_endpoints import views
     from async_endpoints.jobs import Job, JobStatus
-    from async_endpoints.stores.redis import codec as store_module
     from async_endpoints.stores.redis import RedisStore
+    from async_endpoints.stores.redis import codec as store_module
 
     print("CPU µs per call, stages of async-endpoints' submit path:")
     app = create_app("ours-memory", start_worker=False)

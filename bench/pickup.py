@@ -33,7 +33,13 @@ from bench.servers import (
     gunicorn,
     start_gunicorn,
 )
-from bench.systems import PREFIX, celery_worker, rq_worker
+from bench.systems import (
+    PREFIX,
+    celery_worker,
+    dramatiq_worker,
+    huey_consumer,
+    rq_worker,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -47,8 +53,11 @@ class Config:
     label: str
     app: str
     workers: list[list[str]]
-    key_prefix: str
+    key_pattern: str
+    """A glob matching the keys of finished jobs (keyspace notifications)."""
     done: Callable[[redis.Redis, str], bool]
+    job_key: Callable[[str], str]
+    """The key that tells a job finished, from its id."""
 
 
 def _ours_done(client: redis.Redis, key: str) -> bool:
@@ -64,8 +73,24 @@ def _celery_done(client: redis.Redis, key: str) -> bool:
     return raw is not None and json.loads(raw).get("status") == "SUCCESS"
 
 
+def _exists(client: redis.Redis, key: str) -> bool:
+    return bool(client.exists(key))
+
+
+def _prefixed(prefix: str) -> Callable[[str], str]:
+    return lambda job_id: prefix + job_id
+
+
+def _dramatiq_key(job_id: str) -> str:
+    from bench.dramatiq_app import app
+
+    return app.result_key("stamp", job_id)
+
+
 def configs(server: RedisServer) -> list[Config]:
     """Every configuration, each on its own database (set later, by position)."""
+    from bench.huey_app import RESULT_PREFIX
+
     ours_prefix = "{" + PREFIX + "}:job:"
     return [
         Config(
@@ -73,40 +98,63 @@ def configs(server: RedisServer) -> list[Config]:
             "async-endpoints (in-process worker, 2 gunicorn workers)",
             "ours-redis",
             [],
-            ours_prefix,
+            ours_prefix + "*",
             _ours_done,
+            _prefixed(ours_prefix),
         ),
         Config(
             "rq-fork",
             "RQ, 2 x `rq worker` (default forking Worker)",
             "rq",
             [rq_worker("{url}", "rq.worker.Worker") for _ in range(2)],
-            "rq:job:",
+            "rq:job:*",
             _rq_done,
+            _prefixed("rq:job:"),
         ),
         Config(
             "rq-simple",
             "RQ, 2 x SimpleWorker",
             "rq",
             [rq_worker("{url}", "rq.worker.SimpleWorker") for _ in range(2)],
-            "rq:job:",
+            "rq:job:*",
             _rq_done,
+            _prefixed("rq:job:"),
         ),
         Config(
             "celery-prefork",
             "Celery, prefork pool, concurrency 2",
             "celery",
             [celery_worker("prefork", 2)],
-            "celery-task-meta-",
+            "celery-task-meta-*",
             _celery_done,
+            _prefixed("celery-task-meta-"),
         ),
         Config(
             "celery-threads",
             "Celery, 2 x threads pool, concurrency 2",
             "celery",
             [celery_worker("threads", 2) for _ in range(2)],
-            "celery-task-meta-",
+            "celery-task-meta-*",
             _celery_done,
+            _prefixed("celery-task-meta-"),
+        ),
+        Config(
+            "huey",
+            "Huey, 1 consumer `-k thread -w 8` (blocking: BRPOP wake-up)",
+            "huey",
+            [huey_consumer(8)],
+            RESULT_PREFIX + "*",
+            _exists,
+            _prefixed(RESULT_PREFIX),
+        ),
+        Config(
+            "dramatiq",
+            "Dramatiq, `--processes 2 --threads 8` (polling consumers)",
+            "dramatiq",
+            [dramatiq_worker(2, 8)],
+            "[0-9a-f]" * 32,  # the results backend's MD5 keys
+            _exists,
+            _dramatiq_key,
         ),
     ]
 
@@ -116,18 +164,19 @@ class _Watcher:
     """Keyspace notifications -> the first time each job reads as finished."""
 
     server: RedisServer
-    prefixes: dict[int, tuple[str, Callable[[redis.Redis, str], bool]]]
+    patterns: dict[int, tuple[str, Callable[[redis.Redis, str], bool]]]
     finished: dict[tuple[int, str], float] = field(default_factory=dict)
+    """When each finished job's key was first seen finished, by (db, key)."""
     cond: threading.Condition = field(default_factory=threading.Condition)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        clients = {db: self.server.client(db) for db in self.prefixes}
+        clients = {db: self.server.client(db) for db in self.patterns}
         pubsub = self.server.client(0).pubsub(  # type: ignore[no-untyped-call]
             ignore_subscribe_messages=True
         )
         pubsub.psubscribe(
-            *(f"__keyspace@{db}__:{p}*" for db, (p, _) in self.prefixes.items())
+            *(f"__keyspace@{db}__:{p}" for db, (p, _) in self.patterns.items())
         )
         try:
             while not self.stop.is_set():
@@ -138,29 +187,29 @@ class _Watcher:
                 channel = message["channel"].decode()
                 head, _, key = channel.partition("__:")
                 db = int(head.rsplit("@", 1)[1])
-                prefix, done = self.prefixes[db]
-                job_id = key[len(prefix) :]
-                if (db, job_id) in self.finished:
+                _, done = self.patterns[db]
+                if (db, key) in self.finished:
                     continue
                 if done(clients[db], key):
                     with self.cond:
-                        self.finished[(db, job_id)] = arrived
+                        self.finished[(db, key)] = arrived
                         self.cond.notify_all()
         finally:
             pubsub.close()
             for client in clients.values():
                 client.close()
 
-    def wait(self, db: int, job_id: str, timeout: float) -> float | None:
-        """When the job was first seen finished, or ``None`` after ``timeout``."""
+    def wait(self, db: int, key: str, timeout: float) -> float | None:
+        """When the job of ``key`` was first seen finished, or ``None`` after
+        ``timeout``."""
         deadline = time.monotonic() + timeout
         with self.cond:
-            while (db, job_id) not in self.finished:
+            while (db, key) not in self.finished:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
                 self.cond.wait(left)
-            return self.finished.pop((db, job_id))
+            return self.finished.pop((db, key))
 
 
 def _started_at(
@@ -175,6 +224,23 @@ def _started_at(
         conn.request("GET", f"/jobs/{job_id}")
         body = json.loads(conn.getresponse().read())
         return float(body["result"]["t"])
+    if config.app == "huey":
+        from bench.huey_app import make_huey
+
+        huey = make_huey(server.url(db)).huey
+        try:
+            return float(huey.get(job_id, peek=True))
+        finally:
+            huey.storage.pool.disconnect()
+    if config.app == "dramatiq":
+        from bench.dramatiq_app import make_dramatiq
+
+        dramatiq = make_dramatiq(server.url(db))
+        try:
+            return float(dramatiq.result("stamp", job_id))
+        finally:
+            dramatiq.backend.client.close()
+            dramatiq.broker.close()
     client = server.client(db)
     try:
         if config.app == "rq":
@@ -192,12 +258,14 @@ def _started_at(
 def run(server: RedisServer, plan: Plan) -> dict[str, Any]:
     """Measure every configuration; return p50/p99 per configuration."""
     admin = server.client()
-    admin.config_set("notify-keyspace-events", "Kgh$")
+    # K: keyspace channel; g, h, $, l: generic, hash, string and list commands
+    # (a Dramatiq result is a list).
+    admin.config_set("notify-keyspace-events", "Kgh$l")
     samples: dict[str, dict[str, list[list[float]]]] = {}
     all_configs = configs(server)
     dbs = {c.key: db for db, c in enumerate(all_configs, start=1)}
     watcher = _Watcher(
-        server, {dbs[c.key]: (c.key_prefix, c.done) for c in all_configs}
+        server, {dbs[c.key]: (c.key_pattern, c.done) for c in all_configs}
     )
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
@@ -294,7 +362,7 @@ def _measure(
             if response.status != 202:
                 raise RuntimeError(f"{config.key}: POST answered {response.status}")
             job_id = json.loads(payload)["id"]
-            done = watcher.wait(db, job_id, timeout=10.0)
+            done = watcher.wait(db, config.job_key(job_id), timeout=10.0)
             if done is None:
                 lost += 1
                 continue

@@ -115,6 +115,8 @@ def metadata(redis_version: str) -> dict[str, Any]:
             "rq": _version("rq"),
             "celery": _version("celery"),
             "kombu": _version("kombu"),
+            "huey": _version("huey"),
+            "dramatiq": _version("dramatiq"),
             "load tool": wrk_version() if tool() == "wrk" else "bench.loadgen (Python)",
         },
     }
@@ -144,18 +146,47 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     submit = results.get("submit", {}).get("rows")
     if submit:
-        rq = submit["rq"]["ratio"]
-        celery = submit["celery"]["ratio"]
+        peer_ratios = ", ".join(
+            f"{name} {submit[key]['ratio']:.2f}"
+            for key, name in _PEERS
+            if key in submit
+        )
         add(
             "HTTP submit on Redis >= 0.8 x bare Flask",
             submit["ours-redis"]["ratio"],
             0.8,
             True,
             "{:.2f}",
-            f"RQ {rq:.2f}, Celery {celery:.2f}; enqueue only: "
+            f"{peer_ratios}; enqueue only: "
             f"{submit['ours-redis-enqueue']['ratio']:.2f}; in memory: "
             f"{submit['ours-memory']['ratio']:.2f}",
         )
+        add(
+            "Enqueue-only HTTP submit >= 0.7 x bare Flask",
+            submit["ours-redis-enqueue"]["ratio"],
+            0.7,
+            True,
+            "{:.2f}",
+            f"START_WORKER=False, as the peers' rows; {peer_ratios}; CPU ratio "
+            f"{submit['ours-redis-enqueue'].get('cpu_ratio', math.nan):.2f}",
+        )
+        if "huey" in submit:
+            ours_rps = [r["rps"] for r in submit["ours-redis-enqueue"]["rounds"]]
+            huey_rps = [r["rps"] for r in submit["huey"]["rounds"]]
+            versus = _median([o / h for o, h in zip(ours_rps, huey_rps, strict=True)])
+            ours_cpu = submit["ours-redis-enqueue"].get("cpu_us_per_request", math.nan)
+            huey_cpu = submit["huey"].get("cpu_us_per_request", math.nan)
+            add(
+                "enqueue >= Huey's",
+                versus,
+                1.0,
+                True,
+                "{:.2f} x",
+                "HTTP submit requests/s, enqueue only / Flask + Huey, same round "
+                f"({submit['ours-redis-enqueue']['rps']:.0f} vs "
+                f"{submit['huey']['rps']:.0f} /s; server CPU {ours_cpu:.0f} vs "
+                f"{huey_cpu:.0f} µs/request)",
+            )
     drain = results.get("drain", {}).get("rows")
     if drain:
         peers = {k: v["jobs_per_s"] for k, v in drain.items() if k != "ours"}
@@ -169,6 +200,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"best peer: {best}, {peers[best]:.0f} jobs/s; ours "
             f"{drain['ours']['jobs_per_s']:.0f} jobs/s",
         )
+        if "dramatiq" in drain:
+            add(
+                "drain >= 1.5 x Dramatiq's",
+                drain["ours"]["jobs_per_s"] / drain["dramatiq"]["jobs_per_s"],
+                1.5,
+                True,
+                "{:.2f} x",
+                f"Dramatiq (2 processes x 8 threads) "
+                f"{drain['dramatiq']['jobs_per_s']:.0f} jobs/s"
+                + (" (capped)" if drain["dramatiq"]["capped"] else ""),
+            )
     pickup = results.get("pickup", {}).get("rows")
     if pickup:
         ours = pickup["ours"]
@@ -188,6 +230,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "{:.2f} ms",
             "202 received -> handler started",
         )
+        if "huey" in pickup:
+            huey = pickup["huey"]
+            add(
+                "pickup p50 <= Huey-with-notify's",
+                ours["start_p50_ms"],
+                huey["start_p50_ms"],
+                False,
+                "{:.2f} ms",
+                f"Huey, blocking=True (workers wait in BRPOP: woken by the "
+                f"enqueue): {huey['start_p50_ms']:.2f} ms; 202 received -> "
+                "handler started",
+            )
     cost = results.get("cost", {}).get("rows")
     if cost:
         ours = cost["ours"]
@@ -198,6 +252,21 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             False,
             "{:.2f}",
             f"burst; one job at a time: {ours['trickle']['round_trips']:.2f}",
+        )
+        others = ", ".join(
+            f"{name} {cost[key]['burst']['commands_executed']:.1f}"
+            for key, name in _PEERS
+            if key in cost
+        )
+        add(
+            "Redis commands per job <= 12",
+            ours["burst"]["commands_executed"],
+            12,
+            False,
+            "{:.1f}",
+            "burst, executed by Redis (INFO commandstats; commands run by scripts "
+            f"included); one at a time: {ours['trickle']['commands_executed']:.1f}; "
+            f"{others}",
         )
         add(
             "<= 512 B Redis memory per retained finished no-op job",
@@ -226,7 +295,38 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "{:.2f} /s",
             "round trips counted at the client",
         )
+    e2e = results.get("e2e", {}).get("rows")
+    if e2e and "huey" in e2e and "dramatiq" in e2e:
+        add(
+            "End to end >= 1.5 x the best of Huey and Dramatiq",
+            results["e2e"]["ours_vs_best_of_huey_dramatiq"],
+            1.5,
+            True,
+            "{:.2f} x",
+            "jobs accepted and run per second, same round; ours "
+            f"{e2e['ours']['jobs_per_s']:.0f} ({e2e['ours']['ratio']:.2f} of bare "
+            f"Flask), Huey {e2e['huey']['jobs_per_s']:.0f} "
+            f"({e2e['huey']['ratio']:.2f}), Dramatiq "
+            f"{e2e['dramatiq']['jobs_per_s']:.0f} ({e2e['dramatiq']['ratio']:.2f})",
+        )
     return out
+
+
+_PEERS = (
+    ("rq", "RQ"),
+    ("celery", "Celery"),
+    ("huey", "Huey"),
+    ("dramatiq", "Dramatiq"),
+)
+"""Row keys and names of the peers, as the sections name them."""
+
+
+def _median(values: list[float]) -> float:
+    clean = sorted(v for v in values if not math.isnan(v))
+    if not clean:
+        return math.nan
+    mid = len(clean) // 2
+    return clean[mid] if len(clean) % 2 else (clean[mid - 1] + clean[mid]) / 2
 
 
 def _f(value: Any, spec: str = ".0f") -> str:
@@ -281,6 +381,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _pickup_md(results.get("pickup"))
     lines += _drain_md(results.get("drain"))
     lines += _cost_md(results.get("cost"))
+    lines += _e2e_md(results.get("e2e"))
     errors = {
         k: v["error"]
         for k, v in results.items()
@@ -433,6 +534,58 @@ def _cost_md(section: dict[str, Any] | None) -> list[str]:
             f"{k} {v:.2f}/s" for k, v in row["idle"]["trips_by_kind"].items()
         )
         lines.append(f"- {row['label']}, idle: {idle or 'none'}")
+    return lines
+
+
+def _e2e_md(section: dict[str, Any] | None) -> list[str]:
+    if not section or "rows" not in section:
+        return []
+    lines = [
+        "",
+        "## 5. End to end (accepted over HTTP and run, on the same 2 cores)",
+        "",
+        f"gunicorn, 2 gthread workers x 4 threads, serving the POST view, and the "
+        f"system's own workers on the same machine; every job is one Redis `INCR` "
+        f"of a counter; POST for {section['seconds']:g} s at "
+        f"{section['connections']} connections ({section['tool']}). The clock "
+        "runs from the start of the load until the counter shows every accepted "
+        f"job run (capped {section['cap_seconds']:g} s after the load). Ratio = "
+        "jobs run/s / bare Flask's 202/s, same round.",
+        "",
+        "| row | jobs run/s | ratio to bare Flask | 202/s during the load | "
+        "backlog ran after the load (s) | server CPU µs/job | CPU ratio | "
+        "counter check | errors | other load (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for row in section["rows"].values():
+        runs = row.get("runs_jobs", True)
+        check = "-" if not runs else ("ok" if row["check_ok"] else "**failed**")
+        lines.append(
+            f"| {row['label']} | "
+            f"{_f(row['jobs_per_s'])}{' (capped)' if row['capped'] else ''}"
+            f"{'' if runs else ' (202/s)'} | {_f(row['ratio'], '.2f')} | "
+            f"{_f(row['accept_rps'])} | "
+            f"{_f(row['after_load_s'], '.2f') if runs else '-'} | "
+            f"{_f(row['cpu_us_per_job'])} | {_f(row['cpu_ratio'], '.2f')} | "
+            f"{check} | {row['errors']} | {_f(row['other_cores'], '.2f')} |"
+        )
+    versus = section.get("ours_vs_best_of_huey_dramatiq")
+    lines += [
+        "",
+        "*Server CPU µs/job*: CPU time of the row's gunicorn processes, its worker "
+        "processes and redis-server from the start of the load until every job "
+        "ran, divided by the jobs (bare Flask: by the requests); *CPU ratio*: bare "
+        "Flask's CPU per request / the row's CPU per job. *Counter check*: the "
+        "counter grew by at least the 202s the load tool received and by at most "
+        "that plus the connections (requests the server accepted while the tool "
+        "was stopping).",
+    ]
+    if versus is not None:
+        lines += [
+            "",
+            f"async-endpoints / the better of Huey and Dramatiq in the same round: "
+            f"{_f(versus, '.2f')} (median).",
+        ]
     return lines
 
 

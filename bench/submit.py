@@ -44,6 +44,8 @@ ROWS: dict[str, str] = {
     "ours-memory": "async-endpoints, in memory",
     "rq": "Flask + RQ enqueue",
     "celery": "Flask + Celery delay()",
+    "huey": "Flask + Huey task call (enqueue)",
+    "dramatiq": "Flask + Dramatiq send()",
 }
 
 

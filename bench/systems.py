@@ -3,7 +3,8 @@ commands that start their workers.
 
 An adapter talks to one Redis database. It reads each system's own bookkeeping to
 tell how far a run is (async-endpoints: its ``ready``/``claimed`` sorted sets; RQ:
-its queue list and finished registry; Celery: its queue list and result keys).
+its queue list and finished registry; Celery, Huey and Dramatiq: their queue list
+and result keys).
 """
 
 from __future__ import annotations
@@ -212,6 +213,117 @@ class Celery:
         self.client.close()
 
 
+class Huey:
+    """Calling a Huey task (``bench.huey_app``: results kept, one key each)."""
+
+    name = "Huey"
+
+    def __init__(self, url: str) -> None:
+        from bench.huey_app import make_huey
+
+        self.client = _client(url)
+        self.app = make_huey(url)
+        self._fixed = 0
+
+    def submit(self) -> str:
+        return str(self.app.noop(PAYLOAD).id)
+
+    def submit_many(self, count: int) -> list[str]:
+        ids = [self.submit() for _ in range(count)]
+        # Keys other than results and the queue (none expected), counted once.
+        self._fixed = int(self.client.dbsize()) - int(self._queue_exists())
+        return ids
+
+    def _queue_exists(self) -> int:
+        from bench.huey_app import QUEUE_KEY
+
+        return int(self.client.exists(QUEUE_KEY))
+
+    def waiting(self) -> int:
+        from bench.huey_app import QUEUE_KEY
+
+        return int(self.client.llen(QUEUE_KEY))
+
+    def done_count(self, submitted: list[str]) -> int:
+        # One result key per finished job: the database's size less the queue.
+        from bench.huey_app import QUEUE_KEY
+
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.dbsize()
+            pipe.exists(QUEUE_KEY)
+            size, queue = pipe.execute()
+        return max(0, int(size) - int(queue) - self._fixed)
+
+    def _key(self, job_id: str) -> str:
+        from bench.huey_app import RESULT_PREFIX
+
+        return RESULT_PREFIX + job_id
+
+    def missing(self, submitted: list[str]) -> list[str]:
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in submitted:
+                pipe.exists(self._key(job_id))
+            found = pipe.execute()
+        return [j for j, f in zip(submitted, found, strict=True) if not f]
+
+    def is_done(self, job_id: str) -> bool:
+        return bool(self.client.exists(self._key(job_id)))
+
+    def close(self) -> None:
+        self.app.huey.storage.pool.disconnect()
+        self.client.close()
+
+
+class Dramatiq:
+    """Dramatiq's ``Actor.send`` (``bench.dramatiq_app``: Redis broker, results)."""
+
+    name = "Dramatiq"
+
+    def __init__(self, url: str) -> None:
+        from bench.dramatiq_app import make_dramatiq
+
+        self.client = _client(url)
+        self.app = make_dramatiq(url)
+
+    def submit(self) -> str:
+        return str(self.app.noop.send(PAYLOAD).message_id)
+
+    def submit_many(self, count: int) -> list[str]:
+        return [self.submit() for _ in range(count)]
+
+    def waiting(self) -> int:
+        from bench.dramatiq_app import QUEUE_KEY
+
+        return int(self.client.llen(QUEUE_KEY))
+
+    def done_count(self, submitted: list[str]) -> int:
+        # One result key per finished job; the broker's own keys are the queue, the
+        # messages hash, the heartbeats and one ack set per busy consumer: the
+        # count may run a few ahead while jobs run (``missing`` is exact).
+        from bench.dramatiq_app import FIXED_KEYS
+
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.dbsize()
+            pipe.exists(*FIXED_KEYS)
+            size, fixed = pipe.execute()
+        return max(0, int(size) - int(fixed))
+
+    def missing(self, submitted: list[str]) -> list[str]:
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in submitted:
+                pipe.exists(self.app.result_key("noop", job_id))
+            found = pipe.execute()
+        return [j for j, f in zip(submitted, found, strict=True) if not f]
+
+    def is_done(self, job_id: str) -> bool:
+        return bool(self.client.exists(self.app.result_key("noop", job_id)))
+
+    def close(self) -> None:
+        self.app.broker.close()
+        self.app.backend.client.close()
+        self.client.close()
+
+
 def ours_worker(counting: str | None = None) -> list[str]:
     """argv of one async-endpoints worker process (the CLI worker)."""
     return [
@@ -238,6 +350,33 @@ def celery_worker(
         *("-A", "bench.celery_app", "worker", "-P", pool, "-c", str(concurrency)),
         *("-n", f"bench-{uuid.uuid4().hex[:8]}@%h", "--loglevel", "WARNING"),
     ]
+
+
+def huey_consumer(workers: int = 8, counting: str | None = None) -> list[str]:
+    """argv of one Huey consumer with ``workers`` threads (URL from
+    ``BENCH_REDIS_URL``; ``-q``: warnings only, no per-task log lines)."""
+    return [
+        *_python(counting, "huey.bin.huey_consumer"),
+        *("bench.huey_app.huey", "-k", "thread", "-w", str(workers), "-q"),
+    ]
+
+
+def dramatiq_worker(processes: int = 2, threads: int = 8) -> list[str]:
+    """argv of the ``dramatiq`` CLI: ``processes`` worker processes of ``threads``
+    threads (URL from ``BENCH_REDIS_URL``)."""
+    return [
+        *_python(None, "dramatiq"),
+        *("bench.dramatiq_app", "--processes", str(processes)),
+        *("--threads", str(threads)),
+    ]
+
+
+def dramatiq_inprocess_worker(
+    threads: int = 8, counting: str | None = None
+) -> list[str]:
+    """argv of one Dramatiq worker running in the started process itself (what one
+    CLI worker process runs), so that :mod:`bench.counting` sees its calls."""
+    return [*_python(counting, "bench.dramatiq_app"), "--threads", str(threads)]
 
 
 def _python(counting: str | None, module: str) -> Iterator[str]:

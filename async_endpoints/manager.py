@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 # Never set: waits on it are plain pauses. An Event wait, unlike time.sleep, also
 # works where the wall clock is shifted by libfaketime (clock-skew tests).
 _PAUSE = threading.Event()
+# Pauses between the tries of a submission the store did not answer (None: the
+# last try); a short outage or a lost reply need not become a 503.
+_SUBMIT_PAUSES: tuple[float | None, ...] = (0.05, 0.2, None)
 
 Handler = Callable[[AsyncContext], object]
 Validator = Callable[[AsyncContext], object]
@@ -214,12 +217,21 @@ class JobManager:
             idempotency = self._idempotency(
                 name, idempotency_key, body, route, query, owner
             )
-        stored = self.store.submit(
-            job,
-            max_queue_size=self.settings.max_queue_size,
-            idempotency=idempotency,
-            now=now,
-        )
+        for pause in _SUBMIT_PAUSES:
+            try:
+                stored = self.store.submit(
+                    job,
+                    max_queue_size=self.settings.max_queue_size,
+                    idempotency=idempotency,
+                    now=now,
+                )
+                break
+            except StoreUnavailableError:
+                # Sent again, the same job changes nothing: a submission whose
+                # reply was lost answers as it would have, and is signalled once.
+                if pause is None:
+                    raise
+                _PAUSE.wait(pause)
         if stored.id == job.id:
             logger.debug("job %s (%s) queued", job.id, name)
             self._emit("submitted", stored)
@@ -432,15 +444,14 @@ class JobManager:
             except HandBack:
                 if not _decided(event, log):
                     log.info("job %s handed back by its handler", job.id)
-                    self._patiently(lambda: self.release([claim]), event)
+                    self._patiently(lambda: self.release([claim]))
                 return None
             except BaseException as exc:
                 if not _decided(event, log):
                     self._patiently(
                         functools.partial(
                             self.fail, claim, exc, log=log, started=started
-                        ),
-                        event,
+                        )
                     )
                 if isinstance(exc, KeyboardInterrupt) and (
                     threading.current_thread() is threading.main_thread()
@@ -453,8 +464,7 @@ class JobManager:
                 self._patiently(
                     lambda: self.fail(
                         claim, self.timeout_error(), log=log, started=started
-                    ),
-                    event,
+                    )
                 )
                 return None
             limit = then_claim() if callable(then_claim) else then_claim
@@ -481,7 +491,7 @@ class JobManager:
                 # Tried again while the lease lasts: a short outage must not
                 # make the job run again.
                 log.warning("recording job %s failed; trying again", job.id)
-                completed, claims = self._patiently(record, event, first_failed=True)
+                completed, claims = self._patiently(record, first_failed=True)
             if completed:
                 log.debug("job %s completed", job.id)
                 self._emit("succeeded", job, result=result, duration=now - started)
@@ -499,25 +509,25 @@ class JobManager:
     def _patiently(
         self,
         record: Callable[[], _T],
-        event: CancelEvent,
         *,
         first_failed: bool = False,
     ) -> _T:
         """``record()``, tried again while the store is unavailable, for as long
         as the run's lease lasts (heartbeats keep renewing it meanwhile).
 
-        :raises StoreUnavailableError: the store stayed unreachable that long, or
-            the run was handed over meanwhile.
+        Sent again until then even if the run was meanwhile marked as having
+        lost its lease: a recording whose reply was lost makes the next heartbeat
+        find the job no longer held, and only sending it again tells whether it
+        applied (the token fences a run that really lost its lease).
+
+        :raises StoreUnavailableError: the store stayed unreachable that long.
         """
         deadline = time.monotonic() + self.settings.claim_timeout_seconds
         failures = 1 if first_failed else 0
         while True:
             if failures:
                 pause = min(2.0, 0.05 * 2**failures)
-                if time.monotonic() + pause > deadline or event.reason not in (
-                    None,
-                    "canceled",
-                ):
+                if time.monotonic() + pause > deadline:
                     raise StoreUnavailableError(
                         "The job store stayed unreachable while the run's outcome "
                         "was being recorded."

@@ -234,9 +234,11 @@ class Worker:
                         self._claiming = True
                     if request is None or time.monotonic() > request_until:
                         request = uuid.uuid4().hex
-                        request_until = time.monotonic() + lease / 2
+                        # Sent again (its leases renewed) while they last.
+                        request_until = time.monotonic() + 0.8 * lease
                     claims = self.manager.claim(self.owner, free, request_id=request)
                     request = None
+                    failures = 0  # answered: the store is reachable
                     if not claims:
                         with self._lock:
                             self._claiming = False
@@ -263,6 +265,10 @@ class Worker:
                     self._claiming = False
                 failures += 1
                 delay = _backoff(failures)
+                if request is not None:
+                    # A claim whose reply may have been lost is sent again before
+                    # the leases it may have taken end.
+                    delay = min(delay, max(0.0, request_until - time.monotonic()))
                 logger.exception("claiming jobs failed; retrying in %.1f s", delay)
                 self._stopping.wait(delay)
                 continue

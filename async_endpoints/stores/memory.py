@@ -110,14 +110,21 @@ class MemoryStore:
             if record is not None and record[0] == at:
                 del self._requests[request_id]
 
-    def _answer_again(self, request_id: str | None, now: float) -> list[Claim] | None:
-        """The claims a request sent before took and still holds, if it was."""
+    def _answer_again(
+        self, request_id: str | None, lease: float, now: float
+    ) -> list[Claim] | None:
+        """The claims a request sent before took and still holds, if it was; their
+        leases (and the record) renewed."""
         if request_id is None:
             return None
         record = self._requests.get(request_id)
         if record is None or record[0] <= now:
             return None
-        return [c for c in record[1] if self._held(c) is not None]
+        held = [c for c in record[1] if self._held(c) is not None]
+        for claim in held:
+            self._leases[claim.job_id].until = now + lease
+        self._remember(request_id, record[1], lease, now)
+        return held
 
     def _remember(
         self, request_id: str | None, claims: list[Claim], lease: float, now: float
@@ -215,7 +222,7 @@ class MemoryStore:
         claims: list[Claim] = []
         with self._lock:
             self._purge(now)
-            again = self._answer_again(request_id, now)
+            again = self._answer_again(request_id, lease, now)
             if again is not None:
                 return again
             while self._ready and len(claims) < limit and self._ready[0][0] <= now:
@@ -425,7 +432,7 @@ class MemoryStore:
         """See :meth:`JobStore.recover_expired`."""
         claims: list[Claim] = []
         with self._lock:
-            again = self._answer_again(request_id, now)
+            again = self._answer_again(request_id, lease, now)
             if again is not None:
                 return again
             expired = sorted(

@@ -325,7 +325,7 @@ class _Connection:
         with self._cancel_lock:
             pubsub, self._cancel_pubsub = self._cancel_pubsub, None
         if pubsub is not None:
-            pubsub.close()
+            _close_quietly(pubsub)
         with self._connect_lock:
             closers, self._closers = self._closers, []
         for close in closers:
@@ -348,3 +348,13 @@ def _policies(reply: object) -> list[str]:
             elif isinstance(value, dict):
                 found += _policies(value)
     return found
+
+
+def _close_quietly(pubsub: Any) -> None:
+    """Close a redis-py ``PubSub`` that another thread may be closing or reading
+    at the same time (redis-py's ``close`` is not thread-safe): a second close
+    is a no-op, not an error."""
+    try:
+        pubsub.close()
+    except (AttributeError, redis.RedisError, OSError) as exc:
+        logger.debug("closing a subscription: %s", exc)

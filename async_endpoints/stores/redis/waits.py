@@ -23,7 +23,11 @@ import redis.sentinel
 from async_endpoints.errors import (
     StoreUnavailableError,
 )
-from async_endpoints.stores.redis.client import _BlockingConnection, _Connection
+from async_endpoints.stores.redis.client import (
+    _BlockingConnection,
+    _close_quietly,
+    _Connection,
+)
 from async_endpoints.stores.redis.codec import _plain
 
 _MIN_BLOCK: Final = 0.01
@@ -196,7 +200,7 @@ class _Waits(_Connection):
             pubsub = self._cancel_pubsub
             if pubsub is None or time.monotonic() > self._cancel_renew_at:
                 if pubsub is not None:
-                    pubsub.close()
+                    _close_quietly(pubsub)
                     self._cancel_pubsub = None
                 plain: Any = client  # redis-py leaves pubsub() unannotated
                 with self._translate_errors():
@@ -224,7 +228,7 @@ class _Waits(_Connection):
             with self._cancel_lock:
                 if self._cancel_pubsub is pubsub:
                     self._cancel_pubsub = None
-            pubsub.close()
+            _close_quietly(pubsub)
             if self._closed.is_set():  # close() cut the connection: not an outage
                 return ids
             raise

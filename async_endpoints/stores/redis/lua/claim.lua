@@ -19,7 +19,8 @@
 -- ARGV[7]  how long the request's record is kept, milliseconds (integer)
 --
 -- A request sent again (its reply was lost) claims nothing new: it answers with
--- the jobs the first call claimed that are still held under its tokens.
+-- the jobs the first call claimed that are still held under its tokens, their
+-- leases (and the record) renewed to ARGV[3] (and ARGV[7]).
 --
 -- Returns {next_due, id, token, fields, id, token, fields, ...}: fields is the
 -- claimed job's hash, HGETALL-style, as it was before the claim (a re-sent
@@ -37,11 +38,13 @@ if done then
         local token = ARGV[4] .. ':' .. n
         local held = redis.call('HMGET', key, 's', 't')
         if held[1] == 'InProgress' and held[2] == token then
+            redis.call('ZADD', KEYS[2], ARGV[3], id)
             out[#out + 1] = id
             out[#out + 1] = token
             out[#out + 1] = redis.call('HGETALL', key)
         end
     end
+    redis.call('PEXPIRE', KEYS[4], ARGV[7])
     return out
 end
 

@@ -16,7 +16,8 @@
 -- ARGV[6]  how long the request's record is kept, milliseconds (integer)
 --
 -- A request sent again (its reply was lost) recovers nothing new: it answers
--- with the jobs the first call took that are still held under its tokens.
+-- with the jobs the first call took that are still held under its tokens, their
+-- leases (and the record) renewed.
 --
 -- Returns {id, token, fields, id, token, fields, ...}: fields is the job's hash,
 -- HGETALL-style. Ids whose hash is gone or not InProgress are dropped from the
@@ -31,11 +32,13 @@ if done then
         local token = ARGV[4] .. ':' .. i
         local held = redis.call('HMGET', key, 's', 't')
         if held[1] == 'InProgress' and held[2] == token then
+            redis.call('ZADD', KEYS[1], ARGV[3], id)
             out[#out + 1] = id
             out[#out + 1] = token
             out[#out + 1] = redis.call('HGETALL', key)
         end
     end
+    redis.call('PEXPIRE', KEYS[3], ARGV[6])
     return out
 end
 local taken = {}

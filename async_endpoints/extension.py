@@ -91,7 +91,11 @@ class AsyncEndpoints:
                 app.config.setdefault(PREFIX + key, default)
         settings = Settings.from_config(app.config, debug=app.debug)
         target = self._store_arg if self._store_arg is not None else settings.store_url
-        store = open_store(target, prefix=settings.key_prefix)
+        store = open_store(
+            target,
+            prefix=settings.key_prefix,
+            socket_timeout=min(10.0, settings.claim_timeout_seconds / 3),
+        )
         app_ref = weakref.ref(app)
 
         def app_context() -> Any:

@@ -167,10 +167,14 @@ class HeartbeatResult:
 
     :param held: ids of jobs whose lease was renewed (the others were lost).
     :param cancel_requested: ids among ``held`` whose cancellation was asked for.
+    :param held_tokens: the claim tokens renewed: one process may hold a job's
+        retry while an earlier run of it, whose lease it lost, still executes;
+        only the token tells the two apart.
     """
 
     held: frozenset[UUID]
     cancel_requested: frozenset[UUID] = frozenset()
+    held_tokens: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -264,7 +264,7 @@ class Worker:
                 with self._lock:
                     self._claiming = False
                 failures += 1
-                delay = _backoff(failures)
+                delay = self._backoff(failures)
                 if request is not None:
                     # A claim whose reply may have been lost is sent again before
                     # the leases it may have taken end.
@@ -290,6 +290,12 @@ class Worker:
             for run in runs:
                 self._queue.put(run)
             short = len(claims) < free
+
+    def _backoff(self, failures: int) -> float:
+        """The pause after ``failures`` store errors in a row: exponential, but
+        never longer than a third of the lease, so that after an outage work
+        resumes while leases taken before it may still be renewed."""
+        return min(_backoff(failures), self.manager.settings.claim_timeout_seconds / 3)
 
     def _release_quietly(self, claims: list[Claim]) -> None:
         try:
@@ -366,7 +372,7 @@ class Worker:
                 failures = 0
             except Exception:
                 failures += 1
-                delay = _backoff(failures)
+                delay = self._backoff(failures)
                 logger.exception(
                     "worker housekeeping failed; retrying in %.1f s", delay
                 )
@@ -425,7 +431,7 @@ class Worker:
             return
         result = self.manager.heartbeat(claims)
         for claim in claims:
-            if claim.job_id not in result.held:
+            if claim.token not in result.held_tokens:
                 logger.warning(
                     "job %s lost its claim (lease expired or handed over); its "
                     "outcome will be discarded",

@@ -19,7 +19,9 @@ _REDIS_SCHEMES = (
 )
 
 
-def open_store(target: Any, *, prefix: str = "async_endpoints") -> JobStore:
+def open_store(
+    target: Any, *, prefix: str = "async_endpoints", socket_timeout: float = 10.0
+) -> JobStore:
     """Turn a URL, a redis client or a store into a :class:`JobStore`.
 
     :param target: ``"memory://"``; a ``redis://``, ``rediss://`` or ``unix://``
@@ -28,6 +30,9 @@ def open_store(target: Any, *, prefix: str = "async_endpoints") -> JobStore:
         from ``Sentinel(...).master_for(...)``) or a ``redis.cluster.RedisCluster``;
         or an object that already is a store.
     :param prefix: the Redis key namespace (``ASYNC_ENDPOINTS_KEY_PREFIX``).
+    :param socket_timeout: for a Redis URL, the longest a read waits unless the
+        URL says otherwise (the extension passes a third of the lease, at most
+        10 s).
     :raises ConfigurationError: the URL's scheme is not supported.
     """
     if target == "memory://":
@@ -43,7 +48,9 @@ def open_store(target: Any, *, prefix: str = "async_endpoints") -> JobStore:
 
     if isinstance(target, str):
         if target.startswith(_REDIS_SCHEMES):
-            return RedisStore.from_url(target, prefix=prefix)
+            return RedisStore.from_url(
+                target, prefix=prefix, socket_timeout=socket_timeout
+            )
         raise ConfigurationError(
             f"ASYNC_ENDPOINTS_STORE_URL={target.partition('://')[0]}://... is not "
             "supported: use 'memory://' or a redis://, rediss://, unix://, "

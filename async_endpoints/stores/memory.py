@@ -247,18 +247,22 @@ class MemoryStore:
     ) -> HeartbeatResult:
         """See :meth:`JobStore.heartbeat`."""
         held: set[UUID] = set()
+        tokens: set[str] = set()
         canceling: set[UUID] = set()
         with self._lock:
             for claim in claims:
                 job = self._held(claim)
-                if job is None:
-                    continue
+                if job is None or self._leases[claim.job_id].until <= now:
+                    continue  # lost; an ended lease is not revived, but swept
                 self._leases[claim.job_id].until = now + lease
                 held.add(claim.job_id)
+                tokens.add(claim.token)
                 if job.cancel_requested:
                     canceling.add(claim.job_id)
         return HeartbeatResult(
-            held=frozenset(held), cancel_requested=frozenset(canceling)
+            held=frozenset(held),
+            cancel_requested=frozenset(canceling),
+            held_tokens=frozenset(tokens),
         )
 
     def complete(

@@ -158,6 +158,10 @@ class StoreMachine(RuleBasedStateMachine):
         self.tokens.add(claim.token)
         self.claims.append(claim)
 
+    def lease_live(self, claim: Claim) -> bool:
+        until = self.jobs[claim.job_id].lease_until
+        return until is not None and until > self.now
+
     def get(self, job_id: UUID) -> Job | None:
         return self.store.get(job_id, now=self.now)
 
@@ -369,8 +373,11 @@ class StoreMachine(RuleBasedStateMachine):
             picked.append(self.pick_claim(data))
         before = {c.job_id: self.get(c.job_id) for c in picked}
         result = self.store.heartbeat(picked, lease=lease, now=self.now)
-        held = {c.job_id for c in picked if self.is_current(c)}
+        # A lease that has ended is lost, even before a sweeper takes it.
+        live = [c for c in picked if self.is_current(c) and self.lease_live(c)]
+        held = {c.job_id for c in live}
         assert result.held == held, "a stale token was renewed, or a live one lost"
+        assert result.held_tokens == {c.token for c in live}
         canceling = {i for i in held if self.jobs[i].job.cancel_requested}
         assert result.cancel_requested == canceling
         for job_id in held:
@@ -617,8 +624,12 @@ class StoreMachine(RuleBasedStateMachine):
                 for m, score in client.zrange(keys.claimed, 0, -1, withscores=True)
             }
             assert ready == waiting
-            # Leases in the claimed zset are the model's lease ends.
-            assert claimed == {i: self.jobs[i].lease_until for i in running}
+            # Leases in the claimed zset are the model's lease ends, on Redis's
+            # clock (the store's measured offset, a multiple of 1/1024 s).
+            offset = store._offset or 0.0
+            assert claimed == {
+                i: (self.jobs[i].lease_until or 0.0) + offset for i in running
+            }
 
 
 # -- one test per backend ------------------------------------------------------------

@@ -38,12 +38,13 @@ from async_endpoints.stores.redis.connect import (
     _CLUSTER_SCHEME,
     _SCHEMES,
     _SENTINEL_SCHEME,
-    _SOCKET_DEFAULTS,
+    _SOCKET_TIMEOUT,
     _Client,
     _cluster_connector,
     _describe_client,
     _redact,
     _sentinel_client,
+    _socket_defaults,
 )
 from async_endpoints.stores.redis.keys import (
     _SCRIPT_NAMES,
@@ -73,6 +74,7 @@ class _Connection:
     def __init__(self, client: _Client, *, prefix: str = "async_endpoints") -> None:
         self._setup(prefix, _describe_client(client))
         self._bind(client)
+        self._warn_without_timeout(client)
 
     def _setup(self, prefix: str, target: str) -> None:
         self._keys = _Keys(prefix)
@@ -85,12 +87,30 @@ class _Connection:
         self._closers: list[Callable[[], None]] = []
         self._next_due: float | None = None
         self._offset: float | None = None
+        self._wall_offset = 0.0
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._blocked: set[_BlockingConnection] = set()
         self._cancel_lock = threading.Lock()
         self._cancel_pubsub: Any = None
         self._cancel_renew_at = 0.0
+
+    def _warn_without_timeout(self, client: _Client) -> None:
+        """A client passed in without ``socket_timeout`` can wait forever on a
+        connection to a host that vanished without a reset: say so."""
+        if isinstance(client, redis.cluster.RedisCluster):
+            cluster: Any = client  # redis-py leaves these unannotated
+            kwargs = cluster.nodes_manager.connection_kwargs
+        else:
+            kwargs = client.connection_pool.connection_kwargs
+        if kwargs.get("socket_timeout") is None:
+            logger.warning(
+                "the Redis client passed to async-endpoints (%s) has no "
+                "socket_timeout: a connection to a host that vanished without a "
+                "reset would block its caller for good. Pass socket_timeout=5 (and "
+                "socket_keepalive=True) when you make it, or give a URL instead.",
+                self._target,
+            )
 
     def _bind(self, client: _Client) -> _Client:
         self._scripts = {
@@ -100,7 +120,13 @@ class _Connection:
         return client
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "async_endpoints") -> Self:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "async_endpoints",
+        socket_timeout: float = _SOCKET_TIMEOUT,
+    ) -> Self:
         """A store on a client it creates (and closes in :meth:`close`).
 
         No server is contacted until the store is used.
@@ -112,6 +138,9 @@ class _Connection:
             connection options (``?socket_timeout=5``) may be given as in a
             ``redis://`` URL.
         :param prefix: the key namespace, as for the constructor.
+        :param socket_timeout: the longest any read waits (unless the URL sets
+            ``socket_timeout``): keep it well under the lease, so that a
+            connection to a vanished host is dropped while the lease lasts.
         :raises ConfigurationError: the URL is not a valid Redis URL.
         """
         if not url.startswith(_SCHEMES):
@@ -121,17 +150,17 @@ class _Connection:
             )
         store = cls.__new__(cls)
         if url.startswith(_CLUSTER_SCHEME):
-            connect, target = _cluster_connector(url)
+            connect, target = _cluster_connector(url, socket_timeout)
             store._setup(prefix, target)
             store._connect = connect
             return store
         close_more: Callable[[], None] | None = None
         if url.startswith(_SENTINEL_SCHEME):
-            client, close_more = _sentinel_client(url)
+            client, close_more = _sentinel_client(url, socket_timeout)
         else:
             try:
                 # Options the URL names win over these defaults.
-                client = redis.Redis.from_url(url, **_SOCKET_DEFAULTS)
+                client = redis.Redis.from_url(url, **_socket_defaults(socket_timeout))
             except ValueError as exc:
                 raise ConfigurationError(
                     f"Invalid Redis URL {_redact(url)!r}: {exc}"
@@ -237,15 +266,23 @@ class _Connection:
             taking it away again is exact).
         :raises StoreUnavailableError: Redis cannot be reached.
         """
-        before = time.time()
+        before, real_before = time.time(), _wall()
         reply = self._call("clock", [self._keys.wake], [])
-        after = time.time()
+        after, real_after = time.time(), _wall()
         if not isinstance(reply, list) or len(reply) != 2:
             raise StoreError(f"Expected TIME's two numbers from Redis, got {reply!r}")
         server = int(str(reply[0])) + int(str(reply[1])) / 1e6
         offset = round((server - (before + after) / 2) * 1024) / 1024
         self._offset = offset
+        self._wall_offset = server - (real_before + real_after) / 2
         return offset
+
+    def _sent_at(self) -> float:
+        """This moment on Redis's clock, from the wall clock that tests do not
+        freeze: a script compares it with ``TIME`` to see how late it runs."""
+        if self._offset is None:
+            self.sync_clock()
+        return _wall() + self._wall_offset
 
     def _server(self, now: float) -> float:
         """``now`` (the caller's clock) as an instant on Redis's clock."""
@@ -358,3 +395,9 @@ def _close_quietly(pubsub: Any) -> None:
         pubsub.close()
     except (AttributeError, redis.RedisError, OSError) as exc:
         logger.debug("closing a subscription: %s", exc)
+
+
+def _wall() -> float:
+    """The wall clock, read past freezegun (which fakes ``time.time``, not
+    ``clock_gettime``); libfaketime shifts both, and the offset covers that."""
+    return time.clock_gettime(time.CLOCK_REALTIME)

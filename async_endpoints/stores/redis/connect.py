@@ -3,6 +3,7 @@ with passwords redacted."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import (
     Any,
@@ -34,14 +35,35 @@ _SCHEMES: Final = (
 )
 _CONNECT_TIMEOUT: Final = 5.0
 """Default ``socket_connect_timeout`` of the clients a URL makes, in seconds."""
-_SOCKET_DEFAULTS: Final[dict[str, Any]] = {
-    "socket_connect_timeout": _CONNECT_TIMEOUT,
-    # No read waits longer: a connection whose peer vanished without a reset (a
-    # black hole) fails within this, and the next call makes a new one.
-    "socket_timeout": 10.0,
-    "socket_keepalive": True,
-}
-"""Socket options of the clients a URL makes, unless the URL sets them."""
+_SOCKET_TIMEOUT: Final = 10.0
+"""Default ``socket_timeout`` of the clients a URL makes, at most, in seconds."""
+
+
+def _socket_defaults(timeout: float = _SOCKET_TIMEOUT) -> dict[str, Any]:
+    """Socket options of the clients a URL makes, unless the URL sets them.
+
+    :param timeout: the longest a read may wait: a connection whose peer vanished
+        without a reset (a black hole) fails within it, and the next call makes a
+        new one. TCP keepalive probes an idle connection after a few seconds too
+        (where the platform lets us say so).
+    """
+    keepalive: dict[int, int] = {}
+    idle = max(1, int(timeout))
+    for name, value in (
+        ("TCP_KEEPIDLE", idle),
+        ("TCP_KEEPINTVL", idle),
+        ("TCP_KEEPCNT", 3),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            keepalive[option] = value
+    return {
+        "socket_connect_timeout": min(_CONNECT_TIMEOUT, timeout),
+        "socket_timeout": timeout,
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive,
+    }
+
 
 # types-redis makes Redis generic; redis-py's own inline types do not.
 _Client: TypeAlias = "redis.Redis | redis.cluster.RedisCluster"  # type: ignore[type-arg,unused-ignore]
@@ -96,7 +118,7 @@ def _describe(pool: Any) -> str:
 
 
 def _split_url(
-    url: str, scheme: str, default_port: int
+    url: str, scheme: str, default_port: int, timeout: float = _SOCKET_TIMEOUT
 ) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
     """``scheme[user:password@]host:port,host:port[/path][?options]``, taken apart.
 
@@ -132,7 +154,7 @@ def _split_url(
     return (
         nodes,
         parts.path.removeprefix("/"),
-        {**_SOCKET_DEFAULTS, **options},
+        {**_socket_defaults(timeout), **options},
     )
 
 
@@ -146,13 +168,15 @@ def _redact(url: str) -> str:
     return str(parts._replace(netloc=f"{user}:***{at}{hostlist}").geturl())
 
 
-def _cluster_connector(url: str) -> tuple[Callable[[], _Client], str]:
+def _cluster_connector(
+    url: str, timeout: float = _SOCKET_TIMEOUT
+) -> tuple[Callable[[], _Client], str]:
     """A ``redis+cluster://`` URL's client factory (it connects when called), and
     the URL's name with any password redacted.
 
     :raises ConfigurationError: the URL is malformed or names a database.
     """
-    nodes, path, options = _split_url(url, _CLUSTER_SCHEME, 6379)
+    nodes, path, options = _split_url(url, _CLUSTER_SCHEME, 6379, timeout)
     if path or options.get("db", 0) != 0:
         raise ConfigurationError(
             f"{_redact(url)!r}: a Redis Cluster has only database 0; drop the path "
@@ -168,13 +192,15 @@ def _cluster_connector(url: str) -> tuple[Callable[[], _Client], str]:
     return connect, _cluster_name(nodes, options)
 
 
-def _sentinel_client(url: str) -> tuple[_Client, Callable[[], None]]:
+def _sentinel_client(
+    url: str, timeout: float = _SOCKET_TIMEOUT
+) -> tuple[_Client, Callable[[], None]]:
     """The master's client for a ``redis+sentinel://`` URL (nothing connects yet),
     and a function that closes the connections to the sentinels.
 
     :raises ConfigurationError: the URL is malformed or names no service.
     """
-    nodes, service, options = _split_url(url, _SENTINEL_SCHEME, 26379)
+    nodes, service, options = _split_url(url, _SENTINEL_SCHEME, 26379, timeout)
     if not service or "/" in service:
         raise ConfigurationError(
             f"{_redact(url)!r} names no Sentinel service: use "

@@ -266,16 +266,21 @@ class RedisStore(_Waits, _Queries):
         if not claims:
             return HeartbeatResult(held=frozenset())
         keys = [self._keys.claimed] + [self._keys.job(c.job_id) for c in claims]
-        args = [_num(self._server(now) + lease)]
+        server = self._server(now)
+        args = [_num(server + lease)]
         for c in claims:
             args += [str(c.job_id), c.token]
+        args += [_num(server), _num(self._sent_at())]
         codes = _list(self._call("heartbeat", keys, args))
         held = {c.job_id for c, code in zip(claims, codes, strict=True) if code}
         canceling = {
             c.job_id for c, code in zip(claims, codes, strict=True) if code == 2
         }
+        tokens = {c.token for c, code in zip(claims, codes, strict=True) if code}
         return HeartbeatResult(
-            held=frozenset(held), cancel_requested=frozenset(canceling)
+            held=frozenset(held),
+            cancel_requested=frozenset(canceling),
+            held_tokens=frozenset(tokens),
         )
 
     def complete(

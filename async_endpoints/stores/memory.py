@@ -57,6 +57,7 @@ class MemoryStore:
         self._idempotency: dict[str, tuple[UUID, str, float]] = {}
         # What each claim request took, to answer it again if it is re-sent.
         self._requests: dict[str, tuple[float, list[Claim]]] = {}
+        self._request_of: dict[str, str] = {}  # claim token -> its request
         # "c:" or "f:" + the token of the complete/fail that applied last.
         self._finished_by: dict[UUID, str] = {}
         # Expiry heaps of the two maps above them, pruned in _purge.
@@ -108,7 +109,12 @@ class MemoryStore:
             at, request_id = heapq.heappop(self._request_expiry)
             record = self._requests.get(request_id)
             if record is not None and record[0] == at:
-                del self._requests[request_id]
+                self._forget_request(request_id)
+
+    def _forget_request(self, request_id: str) -> None:
+        record = self._requests.pop(request_id, None)
+        for claim in record[1] if record is not None else ():
+            self._request_of.pop(claim.token, None)
 
     def _answer_again(
         self, request_id: str | None, lease: float, now: float
@@ -132,6 +138,8 @@ class MemoryStore:
         if request_id is None or not claims:
             return
         self._requests[request_id] = (now + lease, claims)
+        for claim in claims:
+            self._request_of[claim.token] = request_id
         heapq.heappush(self._request_expiry, (now + lease, request_id))
 
     def _held(self, claim: Claim) -> Job | None:
@@ -274,6 +282,10 @@ class MemoryStore:
             if job is None:
                 return self._finished_by.get(claim.job_id) == f"c:{claim.token}"
             self._finished_by[job.id] = f"c:{claim.token}"
+            # Its claim's reply arrived: that request is not sent again.
+            request_id = self._request_of.get(claim.token)
+            if request_id is not None:
+                self._forget_request(request_id)
             status = JobStatus.CANCELED if job.cancel_requested else JobStatus.COMPLETED
             done = dataclasses.replace(
                 job,
@@ -408,6 +420,8 @@ class MemoryStore:
                     f"Job {job_id} has already ended ({job.status.value})."
                 )
             if job.status is JobStatus.IN_PROGRESS:
+                if job.cancel_requested:  # asked again: nothing changes
+                    return job
                 flagged = dataclasses.replace(
                     job, cancel_requested=True, last_updated_at=now
                 )

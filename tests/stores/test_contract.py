@@ -833,13 +833,22 @@ def test_a_claim_sent_again_answers_with_the_same_claims(store: JobStore) -> Non
     again = store.claim("w1", limit=2, lease=LEASE, now=NOW + 6, request_id="r1")
     assert [(c.job_id, c.token) for c in again] == [(c.job_id, c.token) for c in claims]
     assert status(store, third) is JobStatus.QUEUED  # nothing new was taken
-    # A claim that ended meanwhile is not handed out again.
-    assert store.complete(claims[0], 1, ttl=TTL, now=NOW + 7)
-    later = store.claim("w1", limit=2, lease=LEASE, now=NOW + 8, request_id="r1")
-    assert [c.job_id for c in later] == [second]
     # Another request id claims anew.
     fresh = store.claim("w1", limit=2, lease=LEASE, now=NOW + 9, request_id="r2")
     assert [c.job_id for c in fresh] == [third]
+
+
+def test_a_claim_request_is_forgotten_once_one_of_its_jobs_completes(
+    store: JobStore,
+) -> None:
+    """Completing a job shows that its claim's reply arrived: the request is not
+    kept any longer (its record would only cost memory)."""
+    _first, second, third = (submit(store, now=NOW + i) for i in range(3))
+    claims = store.claim("w1", limit=2, lease=LEASE, now=NOW + 5, request_id="r1")
+    assert store.complete(claims[0], 1, ttl=TTL, now=NOW + 6)
+    later = store.claim("w1", limit=2, lease=LEASE, now=NOW + 7, request_id="r1")
+    assert [c.job_id for c in later] == [third]
+    assert status(store, second) is JobStatus.IN_PROGRESS
 
 
 def test_complete_and_claim_sent_again_counts_once(store: JobStore) -> None:

@@ -180,7 +180,7 @@ def test_a_finished_no_op_job_is_small(
         b"b",
         b"e",
         b"o",
-        b"lt",  # which completion ended it (12 characters), for a re-send of it
+        b"lt",  # which completion ended it (9 characters), for a re-send of it
     }
 
 

@@ -494,7 +494,9 @@ class StoreMachine(RuleBasedStateMachine):
                 self.store.cancel(job_id, ttl=TTL, now=self.now)
             return
         answer = self.store.cancel(job_id, ttl=TTL, now=self.now)
-        if status is JobStatus.IN_PROGRESS:
+        if status is JobStatus.IN_PROGRESS and expected.job.cancel_requested:
+            pass  # asked again (e.g. a re-sent call): nothing changes
+        elif status is JobStatus.IN_PROGRESS:
             # Flagged; the claim stays valid and ends the job Canceled.
             self.update(
                 job_id,
@@ -625,7 +627,7 @@ class StoreMachine(RuleBasedStateMachine):
             }
             assert ready == waiting
             # Leases in the claimed zset are the model's lease ends, on Redis's
-            # clock (the store's measured offset, a multiple of 1/1024 s).
+            # clock (the store's measured offset, a multiple of 2**-20 s).
             offset = store._offset or 0.0
             assert claimed == {
                 i: (self.jobs[i].lease_until or 0.0) + offset for i in running

@@ -19,8 +19,9 @@ so every key of one prefix lives in one slot)::
     {P}:wake             list    wake-up tokens for idle workers (BLPOP), at most 64
     {P}:idem:<key>       string  "<job uuid>:<fingerprint>", PX = the key's ttl
     {P}:req:<id>         string  the job ids one claim request took ("id,id" or,
-                                 for a sweep, "i=id,i=id"), PX = the lease: a
-                                 request sent again answers with them
+                                 for a sweep, "i=id,i=id"), PX = the lease, or
+                                 until one of its jobs completes: a request sent
+                                 again answers with them
     {P}:workers          hash    live worker name -> last heartbeat
 
 and two kinds of Pub/Sub channels (not keys): ``{P}:ended:<uuid>``, told when
@@ -45,7 +46,7 @@ empty mapping), to keep a finished job small (a few hundred bytes, listpack)::
     g  progress (JSON [fraction, message])
     k  "1" once cancellation was requested
     hb hand-backs in a row (absent: none)
-    lt "c:" or "f:" and the first 12 characters of the token whose complete or
+    lt "c" or "f" and the first 8 characters of the token whose complete or
        fail applied last (answers a re-send of that call)
     t  claim token     w  claiming worker            (InProgress only)
 

@@ -301,7 +301,12 @@ class RedisStore(_Waits, _Queries):
     def _complete_call(
         self, claim: Claim, result: JSONValue, ttl: float, now: float
     ) -> tuple[list[str], list[str]]:
-        keys = [self._keys.job(claim.job_id), self._keys.claimed]
+        request_id = claim.token.rpartition(":")[0]
+        keys = [
+            self._keys.job(claim.job_id),
+            self._keys.claimed,
+            self._keys.request(request_id),
+        ]
         encoded = "" if result is None else _dump(result)
         args = [str(claim.job_id), claim.token, _num(now), encoded, _ttl_seconds(ttl)]
         return keys, [*args, self._keys.ended(claim.job_id)]

@@ -35,6 +35,8 @@ _MIN_BLOCK: Final = 0.01
 _RESUBSCRIBE: Final = 10.0
 """How often the cancel listener subscribes anew, in seconds (drops a connection
 that went silent without a reset)."""
+_DUE_BLOCK: Final = 0.001
+"""Shortest BLPOP before a known job falls due, in seconds."""
 _REPLY_GRACE: Final = 5.0
 """How much longer than a BLPOP's own timeout its reply may take, in seconds."""
 _END_POLL: Final = 0.05
@@ -76,7 +78,9 @@ class _Waits(_Connection):
             socket_timeout = pool.connection_kwargs.get("socket_timeout")
         if socket_timeout:
             seconds = min(seconds, 0.8 * float(socket_timeout))
-        seconds = max(seconds, _MIN_BLOCK)
+        # A job falling due in a moment is waited for to the millisecond (BLPOP
+        # takes fractions); an idle wait no shorter than _MIN_BLOCK.
+        seconds = max(seconds, _DUE_BLOCK if due_first else _MIN_BLOCK)
         woken = True
         try:
             with self._lock:

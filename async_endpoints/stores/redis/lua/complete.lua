@@ -3,6 +3,9 @@
 -- KEYS[1]  the job's hash        {prefix}:job:<id>  (finished, then EXPIREd)
 -- KEYS[2]  the leases zset       {prefix}:claimed   (id removed; a job held is
 --          never also waiting, so the waiting-jobs zset is not touched)
+-- KEYS[3]  the record of the claim request that took the job
+--          {prefix}:req:<request id> (deleted: completing one of its jobs shows
+--          that the claim's reply arrived, so it will not be sent again)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  the claim token (fencing: must be the job's current token)
@@ -13,25 +16,26 @@
 --          long-polling readers wake (a channel, not a key)
 --
 -- Returns 1 if applied, 0 if the token or status no longer match. The field lt
--- keeps "c:" .. the token's first 12 characters (its request id's: unique
--- among a job's attempts) of the completion that ended the job, so that the same
--- call sent again (its reply was lost) also answers 1 and changes nothing.
+-- keeps "c" .. the token's first 8 characters (of its request id: unique among
+-- a job's attempts) of the completion that ended the job, so that the same call
+-- sent again (its reply was lost) also answers 1 and changes nothing.
 
 local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
-    return held[4] == 'c:' .. string.sub(ARGV[2], 1, 12) and 1 or 0
+    return held[4] == 'c' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
 local status = held[3] and 'Canceled' or 'Completed'
 local stored = status == 'Completed' and ARGV[4] ~= ''
 redis.call('HDEL', KEYS[1], 'r', 'x', 't', 'w', 'd', 'hb')
 local fields = {'s', status, 'e', ARGV[3], 'u', ARGV[3],
-    'lt', 'c:' .. string.sub(ARGV[2], 1, 12)}
+    'lt', 'c' .. string.sub(ARGV[2], 1, 8)}
 if stored then
     fields[#fields + 1] = 'r'
     fields[#fields + 1] = ARGV[4]
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('PUBLISH', ARGV[6], status)
 return 1

@@ -19,17 +19,17 @@
 -- ARGV[8]  retry_at on Redis's clock (the zset score), or ''
 --
 -- Returns 1 if applied, 0 if the token or status no longer match. The field lt
--- keeps "f:" .. the token's first 12 characters (its request id's: unique
--- among a job's attempts) of the failure recorded last, so that the same call sent
+-- keeps "f" .. the token's first 8 characters (of its request id: unique among
+-- a job's attempts) of the failure recorded last, so that the same call sent
 -- again (its reply was lost) also answers 1 and changes nothing.
 
 local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
-    return held[4] == 'f:' .. string.sub(ARGV[2], 1, 12) and 1 or 0
+    return held[4] == 'f' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[1], 't', 'w', 'hb')
-redis.call('HSET', KEYS[1], 'lt', 'f:' .. string.sub(ARGV[2], 1, 12))
+redis.call('HSET', KEYS[1], 'lt', 'f' .. string.sub(ARGV[2], 1, 8))
 if held[3] or ARGV[5] == '' then
     local status = held[3] and 'Canceled' or 'Failed'
     redis.call('HSET', KEYS[1], 's', status, 'x', ARGV[4], 'e', ARGV[3], 'u', ARGV[3])

@@ -69,6 +69,9 @@ class MemoryStore:
         self._waiting = 0
         self._generation = 0
         self._closes = 0
+        # Its own condition: waking the cancel listener at every job change
+        # would cost a thread switch per change for nothing.
+        self._closing = threading.Condition(self._lock)
 
     def __repr__(self) -> str:
         return "<MemoryStore>"
@@ -543,7 +546,7 @@ class MemoryStore:
         """
         with self._lock:
             generation = self._closes
-            self._changed.wait_for(lambda: self._closes != generation, timeout)
+            self._closing.wait_for(lambda: self._closes != generation, timeout)
         return []
 
     def stats(self, *, now: float) -> StoreStats:
@@ -608,3 +611,4 @@ class MemoryStore:
             self._closes += 1
             self._generation += 1
             self._changed.notify_all()
+            self._closing.notify_all()

@@ -21,11 +21,11 @@ from async_endpoints.jobs import (
     JobStatus,
     StoreStats,
 )
-from async_endpoints.stores.redis.client import _Connection
+from async_endpoints.stores.redis.clock import _Clock
 from async_endpoints.stores.redis.codec import _decode_job, _int, _num, _plain, _str
 
 
-class _Queries(_Connection):
+class _Queries(_Clock):
     """Reads and maintenance over every job of the prefix."""
 
     def _job_ids(self) -> Iterator[str]:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 import uuid
-from collections.abc import Sequence
 
 import redis
 import redis.backoff
@@ -23,12 +21,10 @@ from async_endpoints.errors import (
     JobFinishedError,
     JobNotFoundError,
     QueueFullError,
-    StoreError,
 )
 from async_endpoints.jobs import (
     Claim,
     ErrorInfo,
-    HeartbeatResult,
     Idempotency,
     Job,
     JobStatus,
@@ -36,32 +32,27 @@ from async_endpoints.jobs import (
     Progress,
 )
 from async_endpoints.stores.redis.codec import (
-    _decode_claims,
     _decode_job,
     _dump,
     _dump_error,
     _dump_progress,
     _encode_job,
     _int,
-    _lease_ms,
     _list,
     _num,
     _plain,
-    _Reply,
     _str,
     _ttl_seconds,
 )
 from async_endpoints.stores.redis.keys import _ScriptName
+from async_endpoints.stores.redis.leases import _Leases
 from async_endpoints.stores.redis.queries import _Queries
 from async_endpoints.stores.redis.waits import _Waits
 
 logger = logging.getLogger(__name__)
 
-_UNREADABLE_TTL = 7 * 86400.0
-"""How long a job whose record cannot be read is kept, Failed, for operators."""
 
-
-class RedisStore(_Waits, _Queries):
+class RedisStore(_Waits, _Queries, _Leases):
     """Keeps jobs in Redis, shared by every process and host that uses the prefix.
 
     :param client: a ``redis.Redis`` client (one server, or the master through
@@ -141,147 +132,6 @@ class RedisStore(_Waits, _Queries):
                 "send a new key for a new request."
             )
         return job
-
-    def claim(
-        self,
-        owner: str,
-        *,
-        limit: int,
-        lease: float,
-        now: float,
-        request_id: str | None = None,
-    ) -> list[Claim]:
-        """Lease up to ``limit`` due jobs to ``owner``, earliest due first.
-
-        Also remembers when the earliest job left waiting falls due, so that
-        :meth:`wait_for_work` sleeps no longer than that.
-
-        :param owner: the worker's name, kept on the job while it runs.
-        :param limit: the most jobs to take.
-        :param lease: seconds each lease lasts unless renewed.
-        :param now: epoch seconds.
-        :param request_id: names this request, so that sending it again (after
-            its reply was lost) answers with the same claims; a new one if
-            ``None``.
-        :raises StoreUnavailableError: Redis cannot be reached.
-        """
-        if limit <= 0:
-            return []
-        keys, args = self._claim_call(owner, limit, lease, now, request_id)
-        return self._claimed(self._call("claim", keys, args), now, lease)
-
-    def _claim_call(
-        self,
-        owner: str,
-        limit: int,
-        lease: float,
-        now: float,
-        request_id: str | None,
-    ) -> tuple[list[str], list[str]]:
-        request_id = request_id or uuid.uuid4().hex
-        server = self._server(now)
-        args = [
-            _num(server),
-            str(limit),
-            _num(server + lease),
-            request_id,
-            owner,
-            _num(now),
-            _lease_ms(lease),
-        ]
-        keys = [self._keys.ready, self._keys.claimed, self._keys.job_prefix]
-        return [*keys, self._keys.request(request_id)], args
-
-    def _claimed(self, raw: _Reply, now: float, lease: float) -> list[Claim]:
-        """A claim's reply: each job as it was, with the claim's changes applied
-        here (claim.lua returns the hash it read, rather than read it again)."""
-        reply = _list(raw)
-        next_due = _str(reply[0])
-        self._next_due = self._local(float(next_due)) if next_due else None
-        claims = self._readable(reply[1:], now + lease)
-        return [
-            dataclasses.replace(
-                c,
-                job=dataclasses.replace(
-                    c.job,
-                    status=JobStatus.IN_PROGRESS,
-                    started_at=now,
-                    last_updated_at=now,
-                    due_at=None,
-                ),
-            )
-            if c.job.status.is_waiting
-            else c
-            for c in claims
-        ]
-
-    def _readable(self, items: Sequence[_Reply], lease_until: float) -> list[Claim]:
-        """The claims of a claim or recover reply; a record that cannot be read
-        is logged and ended Failed (``UnreadableJob``), not handed out, so it
-        neither stops the others nor comes back at every sweep."""
-        claims, unreadable = _decode_claims(items, lease_until)
-        for job_id, token, exc in unreadable:
-            logger.error(
-                "job %s in Redis cannot be read (%s); it is failed as UnreadableJob",
-                job_id,
-                exc,
-            )
-            error = ErrorInfo(
-                type="UnreadableJob",
-                message=f"The job's record in Redis cannot be read: {exc}",
-            )
-            args = [
-                job_id,
-                token,
-                _num(time.time()),
-                _dump_error(error),
-                "",
-                _ttl_seconds(_UNREADABLE_TTL),
-                self._keys.ended(job_id),
-                "",
-            ]
-            keys = [
-                self._keys.job(job_id),
-                self._keys.ready,
-                self._keys.claimed,
-                self._keys.wake,
-            ]
-            try:
-                self._call("fail", keys, args)
-            except StoreError:
-                logger.exception("could not fail unreadable job %s", job_id)
-        return claims
-
-    def heartbeat(
-        self, claims: Sequence[Claim], *, lease: float, now: float
-    ) -> HeartbeatResult:
-        """Renew, in one step, the leases of ``claims`` still held.
-
-        :param claims: the claims the worker believes it holds.
-        :param lease: seconds from ``now`` the renewed leases last.
-        :param now: epoch seconds.
-        :returns: which claims are still held, and which of those were canceled.
-        :raises StoreUnavailableError: Redis cannot be reached.
-        """
-        if not claims:
-            return HeartbeatResult(held=frozenset())
-        keys = [self._keys.claimed] + [self._keys.job(c.job_id) for c in claims]
-        server = self._server(now)
-        args = [_num(server + lease)]
-        for c in claims:
-            args += [str(c.job_id), c.token]
-        args += [_num(server), _num(self._sent_at())]
-        codes = _list(self._call("heartbeat", keys, args))
-        held = {c.job_id for c, code in zip(claims, codes, strict=True) if code}
-        canceling = {
-            c.job_id for c, code in zip(claims, codes, strict=True) if code == 2
-        }
-        tokens = {c.token for c, code in zip(claims, codes, strict=True) if code}
-        return HeartbeatResult(
-            held=frozenset(held),
-            cancel_requested=frozenset(canceling),
-            held_tokens=frozenset(tokens),
-        )
 
     def complete(
         self, claim: Claim, result: JSONValue, *, ttl: float, now: float
@@ -399,28 +249,6 @@ class RedisStore(_Waits, _Queries):
         args = [claim.token, _num(now), _dump_progress(progress)]
         return _int(self._call("report_progress", keys, args)) == 1
 
-    def release(self, claims: Sequence[Claim], *, ttl: float, now: float) -> None:
-        """Hand claimed jobs back as Queued, due at ``now``, counting no attempt
-        (Canceled instead if their cancellation was requested).
-
-        Claims no longer held are skipped.
-
-        :raises StoreUnavailableError: Redis cannot be reached.
-        """
-        if not claims:
-            return
-        keys = [self._keys.ready, self._keys.claimed, self._keys.wake]
-        keys += [self._keys.job(c.job_id) for c in claims]
-        args = [
-            _num(now),
-            _ttl_seconds(ttl),
-            self._keys.ended(""),
-            _num(self._server(now)),
-        ]
-        for c in claims:
-            args += [str(c.job_id), c.token]
-        self._call("release", keys, args)
-
     def cancel(self, job_id: uuid.UUID, *, ttl: float, now: float) -> Job:
         """Cancel a waiting job, or flag a running one; return the job.
 
@@ -448,44 +276,6 @@ class RedisStore(_Waits, _Queries):
                 f"Job {job_id} has already ended ({_str(reply[1])})."
             )
         return _decode_job(str(job_id), reply[1])
-
-    def recover_expired(
-        self,
-        owner: str,
-        *,
-        limit: int,
-        lease: float,
-        now: float,
-        request_id: str | None = None,
-    ) -> list[Claim]:
-        """Re-claim for ``owner`` up to ``limit`` jobs whose lease ended by ``now``.
-
-        :param owner: the sweeping worker's name.
-        :param limit: the most jobs to take.
-        :param lease: seconds each new lease lasts.
-        :param now: epoch seconds.
-        :param request_id: as for :meth:`claim`.
-        :raises StoreUnavailableError: Redis cannot be reached.
-        """
-        if limit <= 0:
-            return []
-        request_id = request_id or uuid.uuid4().hex
-        server = self._server(now)
-        args = [
-            _num(server),
-            str(limit),
-            _num(server + lease),
-            request_id,
-            owner,
-            _lease_ms(lease),
-        ]
-        keys = [
-            self._keys.claimed,
-            self._keys.job_prefix,
-            self._keys.request(request_id),
-        ]
-        reply = _list(self._call("recover_expired", keys, args))
-        return self._readable(reply, now + lease)
 
     def retry(self, job_id: uuid.UUID, *, now: float) -> Job:
         """Put a Failed job back in the queue (Queued, due now, retry count 0).

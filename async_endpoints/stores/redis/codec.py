@@ -110,8 +110,13 @@ def _opt_float(value: str | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _decode_job(job_id: str, flat: _Reply) -> Job:
-    """The one decoder: a job hash (``HGETALL``-style flat array) into a ``Job``."""
+def _decode_job(job_id: str, flat: _Reply, claimed_at: float | None = None) -> Job:
+    """The one decoder: a job hash (``HGETALL``-style flat array) into a ``Job``.
+
+    :param claimed_at: the hash was read by a claim before it changed it: a
+        waiting job is decoded as that claim left it (InProgress, started and
+        updated then, no due time).
+    """
     items = _list(flat)
     f = {_str(items[i]): _str(items[i + 1]) for i in range(0, len(items), 2)}
     error = progress = None
@@ -122,6 +127,9 @@ def _decode_job(job_id: str, flat: _Reply) -> Job:
         fraction, note = json.loads(f["g"])
         progress = Progress(fraction=fraction, message=note)
     status = JobStatus(f["s"])
+    if claimed_at is not None and status.is_waiting:
+        status = JobStatus.IN_PROGRESS
+        f["b"] = f["u"] = repr(claimed_at)
     return Job(
         id=uuid.UUID(job_id),
         name=f["n"],
@@ -148,7 +156,7 @@ def _decode_job(job_id: str, flat: _Reply) -> Job:
 
 
 def _decode_claims(
-    items: Sequence[_Reply], lease_until: float
+    items: Sequence[_Reply], lease_until: float, claimed_at: float | None = None
 ) -> tuple[list[Claim], list[tuple[str, str, Exception]]]:
     """``id, token, fields`` triples (claim/recover replies) into claims, and the
     ``(id, token, error)`` of each record that cannot be read (kept apart, so that
@@ -158,7 +166,7 @@ def _decode_claims(
     for i in range(0, len(items), 3):
         job_id, token = _str(items[i]), _str(items[i + 1])
         try:
-            job = _decode_job(job_id, items[i + 2])
+            job = _decode_job(job_id, items[i + 2], claimed_at)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             unreadable.append((job_id, token, exc))
             continue

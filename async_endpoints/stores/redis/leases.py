@@ -3,7 +3,6 @@ recovering jobs, each sent again safely under its request id."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid
@@ -16,7 +15,6 @@ from async_endpoints.jobs import (
     Claim,
     ErrorInfo,
     HeartbeatResult,
-    JobStatus,
 )
 from async_endpoints.stores.redis.clock import _Clock
 from async_endpoints.stores.redis.codec import (
@@ -95,28 +93,19 @@ class _Leases(_Clock):
         reply = _list(raw)
         next_due = _str(reply[0])
         self._next_due = self._local(float(next_due)) if next_due else None
-        claims = self._readable(reply[1:], now + lease)
-        return [
-            dataclasses.replace(
-                c,
-                job=dataclasses.replace(
-                    c.job,
-                    status=JobStatus.IN_PROGRESS,
-                    started_at=now,
-                    last_updated_at=now,
-                    due_at=None,
-                ),
-            )
-            if c.job.status.is_waiting
-            else c
-            for c in claims
-        ]
+        return self._readable(reply[1:], now + lease, claimed_at=now)
 
-    def _readable(self, items: Sequence[_Reply], lease_until: float) -> list[Claim]:
+    def _readable(
+        self,
+        items: Sequence[_Reply],
+        lease_until: float,
+        *,
+        claimed_at: float | None = None,
+    ) -> list[Claim]:
         """The claims of a claim or recover reply; a record that cannot be read
         is logged and ended Failed (``UnreadableJob``), not handed out, so it
         neither stops the others nor comes back at every sweep."""
-        claims, unreadable = _decode_claims(items, lease_until)
+        claims, unreadable = _decode_claims(items, lease_until, claimed_at)
         for job_id, token, exc in unreadable:
             logger.error(
                 "job %s in Redis cannot be read (%s); it is failed as UnreadableJob",

@@ -136,7 +136,9 @@ class JobManager:
         self._app_context = app_context
         self._on_event = on_event
         self._policies: dict[tuple[str, int], RetryPolicy] = {}
-        self._running: dict[UUID, CancelEvent] = {}
+        # Every run of a job here: a timed-out run may still execute beside its
+        # retry, and a user's cancel must reach both.
+        self._running: dict[UUID, list[CancelEvent]] = {}
         self._running_lock = threading.Lock()
 
     # -- submitting and reading ------------------------------------------------
@@ -400,8 +402,7 @@ class JobManager:
         """Set ``ctx.cancelled`` of the local runs of these jobs, for ``reason``."""
         with self._running_lock:
             for job_id in job_ids:
-                event = self._running.get(job_id)
-                if event is not None:
+                for event in self._running.get(job_id, []):
                     event.cancel(reason)
 
     def run(
@@ -433,7 +434,7 @@ class JobManager:
         )
         event = cancelled if cancelled is not None else CancelEvent()
         with self._running_lock:
-            self._running[job.id] = event
+            self._running.setdefault(job.id, []).append(event)
         started = time.time()
         token = current_job.set(job)
         self._emit("started", job, attempt=job.attempt)
@@ -503,8 +504,11 @@ class JobManager:
         finally:
             current_job.reset(token)
             with self._running_lock:
-                if self._running.get(job.id) is event:
-                    del self._running[job.id]
+                events = self._running.get(job.id, [])
+                if event in events:
+                    events.remove(event)
+                if not events:
+                    self._running.pop(job.id, None)
 
     def _patiently(
         self,

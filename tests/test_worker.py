@@ -505,3 +505,41 @@ def test_a_slow_signal_receiver_does_not_delay_heartbeats() -> None:
     )
     ae.shutdown(grace=0)
     assert told == ["canceled"]
+
+
+def test_a_cancel_reaches_every_run_of_the_job_in_this_process() -> None:
+    """A timed-out run may still execute beside its retry; a user's cancel tells
+    both (not only the newest)."""
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_START_WORKER=False,
+        ASYNC_ENDPOINTS_RETRY_DELAY_BASE_SECONDS=0,
+    )
+    ae = AsyncEndpoints(app)
+    started = threading.Semaphore(0)
+    told: list[str | None] = []
+
+    @ae.post("/slow", name="Slow")
+    def slow(ctx: AsyncContext) -> None:
+        started.release()
+        ctx.cancelled.wait(10)
+        told.append(ctx.cancel_reason)
+
+    manager = ae._states[app].manager
+    with app.app_context():
+        job_id = ae.submit("Slow", {}).id
+    (first,) = manager.claim("here", 1)
+    runs = [threading.Thread(target=manager.run, args=(first,))]
+    runs[0].start()
+    assert started.acquire(timeout=10)
+    # The first run times out (failed, retried at once) but keeps executing.
+    assert manager.fail(first, manager.timeout_error())
+    (second,) = manager.claim("here", 1)
+    assert second.job_id == job_id
+    runs.append(threading.Thread(target=manager.run, args=(second,)))
+    runs[1].start()
+    assert started.acquire(timeout=10)
+    manager.signal_cancel([job_id])
+    for run in runs:
+        run.join(10)
+    assert told == ["canceled", "canceled"]

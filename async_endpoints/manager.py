@@ -472,7 +472,7 @@ class JobManager:
             now = time.time()
             # One request id for every try: a completion whose reply was lost
             # answers "applied" when sent again, and its claim the same jobs.
-            request_id = uuid.uuid4().hex
+            request_id = uuid.uuid4().hex if limit > 0 else None
 
             def record() -> tuple[bool, list[Claim]]:
                 return self.store.complete_and_claim(

@@ -177,6 +177,19 @@ def runs(redis_url: str) -> dict[str, int]:
         client.close()
 
 
+def wait_for_running(redis_url: str, count: int) -> None:
+    """Wait (20 s at most) until exactly ``count`` jobs are claimed."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deadline_wait(
+            lambda: client.zcard("{itest}:claimed") == count,
+            20,
+            f"{count} running jobs",
+        )
+    finally:
+        client.close()
+
+
 def post_jobs(server: Gunicorn, count: int) -> list[str]:
     ids = []
     for n in range(count):
@@ -284,13 +297,7 @@ def test_graceful_stop_hands_jobs_back(
     server.start()
     app, ae = observer(url)
     ids = post_jobs(server, 8)
-    client = redis.Redis.from_url(url)
-    try:
-        deadline_wait(
-            lambda: client.zcard("{itest}:claimed") == 4, 20, "4 running jobs"
-        )
-    finally:
-        client.close()
+    wait_for_running(url, 4)
     took = server.stop(signal.SIGTERM)
     assert took < 8, f"graceful stop took {took:.1f}s"
     after_stop = jobs_of(app, ae, ids)
@@ -374,13 +381,7 @@ def test_graceful_stop_never_records_a_partial_result(
         status, body = server.request("POST", "/steps", {"steps": 400})
         assert status == 202, body
         ids.append(body["id"])
-    client = redis.Redis.from_url(url)
-    try:
-        deadline_wait(
-            lambda: client.zcard("{itest}:claimed") == 8, 20, "8 running jobs"
-        )
-    finally:
-        client.close()
+    wait_for_running(url, 8)
     took = server.stop(signal.SIGTERM)
     assert took < 10, f"graceful stop took {took:.1f}s"
     after_stop = jobs_of(app, ae, ids)

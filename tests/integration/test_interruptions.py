@@ -304,3 +304,29 @@ def test_a_script_whose_worker_started_hands_its_jobs_back_at_exit(url: str) -> 
     assert handed_back.status is JobStatus.QUEUED
     assert handed_back.retry_count == 0
     assert handed_back.handbacks == 1
+
+
+def test_a_job_handed_back_at_every_shutdown_ends_failed(url: str) -> None:
+    """What a stopping worker does (``manager.release``), over and over: after
+    MAX_HANDBACKS hand-backs in a row the next one counts as a failed attempt."""
+    app, ae = make_app(url, START_WORKER=False, MAX_RETRIES=0, MAX_HANDBACKS=3)
+
+    @ae.post("/long", name="Long")
+    def long(ctx: AsyncContext) -> None:
+        raise AssertionError("never run: each claim is handed back at shutdown")
+
+    manager = ae._states[app].manager
+    with app.app_context():
+        job_id = str(ae.submit("Long", {}).id)
+    for shutdown in range(1, 5):
+        (claim,) = manager.claim(f"worker-{shutdown}", 1)
+        manager.release([claim])
+        handed_back = job(app, ae, job_id)
+        if shutdown <= 3:
+            assert (handed_back.status, handed_back.handbacks) == (
+                JobStatus.QUEUED,
+                shutdown,
+            )
+    assert handed_back.status is JobStatus.FAILED
+    assert handed_back.error is not None
+    assert handed_back.error.type == "HandedBack"

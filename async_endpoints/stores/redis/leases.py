@@ -116,27 +116,42 @@ class _Leases(_Clock):
                 type="UnreadableJob",
                 message=f"The job's record in Redis cannot be read: {exc}",
             )
-            args = [
-                job_id,
-                token,
-                _num(time.time()),
-                _dump_error(error),
-                "",
-                _ttl_seconds(_UNREADABLE_TTL),
-                self._keys.ended(job_id),
-                "",
-            ]
-            keys = [
-                self._keys.job(job_id),
-                self._keys.ready,
-                self._keys.claimed,
-                self._keys.wake,
-            ]
+            keys, args = self._fail_call(
+                job_id, token, error, None, _UNREADABLE_TTL, time.time()
+            )
             try:
                 self._call("fail", keys, args)
             except StoreError:
                 logger.exception("could not fail unreadable job %s", job_id)
         return claims
+
+    def _fail_call(
+        self,
+        job_id: str,
+        token: str,
+        error: ErrorInfo,
+        retry_at: float | None,
+        ttl: float,
+        now: float,
+    ) -> tuple[list[str], list[str]]:
+        """``fail.lua``'s keys and arguments (see the script)."""
+        keys = [
+            self._keys.job(job_id),
+            self._keys.ready,
+            self._keys.claimed,
+            self._keys.wake,
+        ]
+        args = [
+            job_id,
+            token,
+            _num(now),
+            _dump_error(error),
+            "" if retry_at is None else _num(retry_at),
+            _ttl_seconds(ttl),
+            self._keys.ended(job_id),
+            "" if retry_at is None else _num(self._server(retry_at)),
+        ]
+        return keys, args
 
     def heartbeat(
         self, claims: Sequence[Claim], *, lease: float, now: float

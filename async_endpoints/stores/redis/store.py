@@ -34,7 +34,6 @@ from async_endpoints.jobs import (
 from async_endpoints.stores.redis.codec import (
     _decode_job,
     _dump,
-    _dump_error,
     _dump_progress,
     _encode_job,
     _int,
@@ -218,22 +217,9 @@ class RedisStore(_Waits, _Queries, _Leases):
         :returns: whether the claim was still held.
         :raises StoreUnavailableError: Redis cannot be reached.
         """
-        keys = [
-            self._keys.job(claim.job_id),
-            self._keys.ready,
-            self._keys.claimed,
-            self._keys.wake,
-        ]
-        args = [
-            str(claim.job_id),
-            claim.token,
-            _num(now),
-            _dump_error(error),
-            "" if retry_at is None else _num(retry_at),
-            _ttl_seconds(ttl),
-            self._keys.ended(claim.job_id),
-            "" if retry_at is None else _num(self._server(retry_at)),
-        ]
+        keys, args = self._fail_call(
+            str(claim.job_id), claim.token, error, retry_at, ttl, now
+        )
         return _int(self._call("fail", keys, args)) == 1
 
     def report_progress(self, claim: Claim, progress: Progress, *, now: float) -> bool:

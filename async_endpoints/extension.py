@@ -12,6 +12,7 @@ from uuid import UUID
 from flask import Flask, current_app, has_app_context, has_request_context
 
 from async_endpoints.errors import ConfigurationError, JobNotFoundError
+from async_endpoints.events import EventsHub
 from async_endpoints.jobs import Job, parse_job_id
 from async_endpoints.manager import (
     Handler,
@@ -23,13 +24,14 @@ from async_endpoints.settings import DEFAULTS, PREFIX, Settings
 from async_endpoints.signals import SIGNALS
 from async_endpoints.state import INSTANCES, AppState, ResponseHook
 from async_endpoints.stores import open_store
-from async_endpoints.views import job_view, submit_view
+from async_endpoints.views import events_view, job_view, submit_view
 from async_endpoints.worker import Worker
 
 logger = logging.getLogger(__name__)
 
 _H = TypeVar("_H", bound=Handler)
 OwnerFunc = Callable[[], "str | None"]
+
 
 class AsyncEndpoints:
     """Asynchronous request-reply endpoints for a Flask app.
@@ -110,7 +112,9 @@ class AsyncEndpoints:
                 SIGNALS[event].send(bound, job=job, **details)
 
         manager = JobManager(store, settings, self._handlers, app_context, on_event)
-        self._states[app] = AppState(settings=settings, store=store, manager=manager)
+        self._states[app] = AppState(
+            settings=settings, store=store, manager=manager, events=EventsHub(store)
+        )
         app.extensions["async_endpoints"] = self
         INSTANCES.add(self)
 
@@ -119,6 +123,12 @@ class AsyncEndpoints:
             endpoint="async_endpoints.job",
             view_func=job_view(self),
             methods=["GET", "DELETE"],
+        )
+        app.add_url_rule(
+            f"{settings.jobs_url}/<job_id>/events",
+            endpoint="async_endpoints.job_events",
+            view_func=events_view(self),
+            methods=["GET"],
         )
         for spec in self._handlers.values():
             self._install(app, spec)
@@ -354,6 +364,7 @@ class AsyncEndpoints:
         current = self._current_state()
         states = [current] if current is not None else list(self._states.values())
         for state in states:
+            state.events.close()  # open event streams end
             with state.lock:
                 worker, state.worker = state.worker, None
             if worker is not None and worker.pid == os.getpid():

@@ -79,6 +79,40 @@ class Progress:
         return {"fraction": self.fraction, "message": self.message}
 
 
+class CallbackStatus(enum.StrEnum):
+    """Where a job's completion callback is: the contract's names."""
+
+    PENDING = "Pending"
+    DELIVERED = "Delivered"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Callback:
+    """A job's completion callback (``Callback-Url``) and its delivery so far.
+
+    :param url: where the signed ``POST`` goes when the job ends.
+    :param status: Pending until a delivery succeeds (Delivered) or the last
+        attempt fails (Failed).
+    :param attempts: deliveries tried, the successful one included.
+    :param last_error: why the latest attempt failed, or ``None``.
+    """
+
+    url: str
+    status: CallbackStatus = CallbackStatus.PENDING
+    attempts: int = 0
+    last_error: str | None = None
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        """The ``callback`` member of the job JSON."""
+        return {
+            "url": self.url,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "lastError": self.last_error,
+        }
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
     """One submitted request and everything known about its execution.
@@ -108,6 +142,12 @@ class Job:
     cancel_requested: bool = False
     handbacks: int = 0
     """How many times in a row the job was handed back unfinished."""
+    version: int = 0
+    """Grows with every change of the job (1 once stored): the ``id`` of its
+    events."""
+    callback: Callback | None = None
+    trace: dict[str, str] = field(default_factory=dict)
+    """The submitting request's trace context (``traceparent``, ``tracestate``)."""
 
     @property
     def attempt(self) -> int:
@@ -139,6 +179,8 @@ class Job:
             ),
             "progress": self.progress.to_dict() if self.progress else None,
             "cancelRequested": self.cancel_requested,
+            "version": self.version,
+            "callback": self.callback.to_dict() if self.callback else None,
         }
 
 

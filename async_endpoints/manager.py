@@ -284,6 +284,11 @@ class JobManager:
         """The job, or ``None`` if it is unknown or has expired."""
         return self.store.get(job_id, now=time.time())
 
+    def watch(self, job_id: UUID) -> Job | None:
+        """Follow the job's changes (see :meth:`JobStore.watch`); the job as it
+        is, or ``None``."""
+        return self.store.watch(job_id, now=time.time())
+
     def cancel(self, job_id: UUID) -> Job:
         """Cancel a waiting job; ask a running one to stop.
 

@@ -104,6 +104,14 @@ def _submit_operation(spec: HandlerSpec) -> dict[str, Any]:
             "schema": {"type": "string", "example": "wait=10"},
             "description": "wait=N: answer 200 with the job if it ends within N s",
         },
+        {
+            "name": "Callback-Url",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "format": "uri"},
+            "description": "Receives one signed POST (Standard Webhooks) when the "
+            "job ends; its host must be in ASYNC_ENDPOINTS_CALLBACK_HOSTS",
+        },
     ]
     operation: dict[str, Any] = {
         "operationId": spec.name,
@@ -176,6 +184,31 @@ def build_openapi(
             },
         },
     }
+    paths[f"{jobs_url}/{{job_id}}/events"] = {
+        "get": {
+            "operationId": "followJob",
+            "summary": "The job's changes as Server-Sent Events (event: job, "
+            "id: its version, data: the job), until it ends",
+            "parameters": [
+                job_id,
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "integer"},
+                    "description": "Resume: the current state is sent only if newer",
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "An event stream",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "404": not_found,
+                "503": unavailable,
+            },
+        }
+    }
     timestamp = {"type": ["string", "null"], "format": "date-time"}
     return {
         "openapi": "3.1.0",
@@ -198,6 +231,8 @@ def build_openapi(
                         "result",
                         "error",
                         "progress",
+                        "version",
+                        "callback",
                     ],
                     "properties": {
                         "id": {"type": "string", "format": "uuid"},
@@ -238,6 +273,20 @@ def build_openapi(
                                     "maximum": 1,
                                 },
                                 "message": {"type": ["string", "null"]},
+                            },
+                        },
+                        "cancelRequested": {"type": "boolean"},
+                        "version": {"type": "integer", "minimum": 1},
+                        "callback": {
+                            "type": ["object", "null"],
+                            "properties": {
+                                "url": {"type": "string"},
+                                "status": {
+                                    "type": "string",
+                                    "enum": ["Pending", "Delivered", "Failed"],
+                                },
+                                "attempts": {"type": "integer"},
+                                "lastError": {"type": ["string", "null"]},
                             },
                         },
                     },

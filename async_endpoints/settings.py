@@ -50,6 +50,11 @@ DEFAULTS: Final[dict[str, Any]] = {
     "EXPOSE_TRACEBACKS": None,
     "PRESERVED_HEADERS": (),
     "REDACTED_HEADERS": (),
+    "MAX_STREAM_SECONDS": 300.0,
+    "CALLBACK_HOSTS": (),
+    "CALLBACK_ALLOW_PRIVATE": False,
+    "CALLBACK_SECRET": None,
+    "CALLBACK_MAX_ATTEMPTS": 8,
 }
 
 
@@ -81,6 +86,21 @@ class Settings:
     expose_tracebacks: bool
     preserved_headers: frozenset[str]
     redacted_headers: frozenset[str]
+    max_stream_seconds: float
+    callback_hosts: frozenset[str]
+    callback_allow_private: bool
+    callback_secret: str | None
+    callback_max_attempts: int
+
+    def __repr__(self) -> str:
+        # The callback secret never reaches a log through a repr.
+        secret = "'***'" if self.callback_secret else "None"
+        fields = (
+            f"{name}={getattr(self, name)!r}"
+            for name in self.__dataclass_fields__
+            if name != "callback_secret"
+        )
+        return f"Settings({', '.join(fields)}, callback_secret={secret})"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, debug: bool = False) -> Settings:
@@ -102,6 +122,14 @@ class Settings:
                 f"{PREFIX}JOBS_URL={raw['JOBS_URL']!r} must start with '/'."
             )
         redacted = set(DEFAULT_REDACTED_HEADERS) | _names(raw, "REDACTED_HEADERS")
+        hosts = _hosts(raw)
+        secret = raw["CALLBACK_SECRET"]
+        if hosts and (not isinstance(secret, str) or not secret):
+            raise ConfigurationError(
+                f"{PREFIX}CALLBACK_HOSTS turns callbacks on: set "
+                f"{PREFIX}CALLBACK_SECRET too (a non-empty string; receivers "
+                "verify the signatures with it)."
+            )
         preserved = _names(raw, "PRESERVED_HEADERS")
         return cls(
             store_url=raw["STORE_URL"],
@@ -138,6 +166,11 @@ class Settings:
             expose_tracebacks=bool(raw["EXPOSE_TRACEBACKS"]),
             preserved_headers=frozenset(preserved),
             redacted_headers=frozenset(redacted - preserved),
+            max_stream_seconds=_number(raw, "MAX_STREAM_SECONDS", float, positive=True),
+            callback_hosts=frozenset(hosts),
+            callback_allow_private=bool(raw["CALLBACK_ALLOW_PRIVATE"]),
+            callback_secret=secret if hosts else None,
+            callback_max_attempts=_number(raw, "CALLBACK_MAX_ATTEMPTS", int, minimum=1),
         )
 
 
@@ -148,6 +181,26 @@ def _text(raw: Mapping[str, Any], key: str) -> str:
             f"{PREFIX}{key} must be a non-empty string, not {value!r}."
         )
     return value
+
+
+def _hosts(raw: Mapping[str, Any]) -> set[str]:
+    value = raw["CALLBACK_HOSTS"]
+    if isinstance(value, str):
+        value = value.split(",")
+    try:
+        hosts = {str(v).strip().lower().rstrip(".") for v in value}
+    except TypeError:
+        raise ConfigurationError(
+            f"{PREFIX}CALLBACK_HOSTS must be a list of host names, not {value!r}."
+        ) from None
+    hosts.discard("")
+    for host in hosts:
+        if (":" in host.strip("[]") and not host.startswith("[")) or "/" in host:
+            raise ConfigurationError(
+                f"{PREFIX}CALLBACK_HOSTS takes host names without ports or paths, "
+                f"not {host!r}."
+            )
+    return hosts
 
 
 def _names(raw: Mapping[str, Any], key: str) -> set[str]:

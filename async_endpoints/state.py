@@ -16,6 +16,7 @@ from typing import Protocol
 
 from flask import Flask, Response
 
+from async_endpoints.events import EventsHub
 from async_endpoints.jobs import Job
 from async_endpoints.manager import JobManager, process_owner
 from async_endpoints.settings import Settings
@@ -35,6 +36,7 @@ class AppState:
     settings: Settings
     store: JobStore
     manager: JobManager
+    events: EventsHub
     worker: Worker | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     sync_owner: str = field(default_factory=process_owner)

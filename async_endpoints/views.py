@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from flask import Response, request
@@ -32,6 +32,7 @@ from async_endpoints.errors import (
     UnsupportedMediaTypeError,
     ValidationError,
 )
+from async_endpoints.events import Follower, changed_since
 from async_endpoints.jobs import Job, parse_job_id, retry_after_seconds
 from async_endpoints.models import parse_model
 
@@ -60,6 +61,8 @@ _WAIT_RE: Final = re.compile(
     r"(?:^|[;,])\s*wait\s*=\s*\"?([0-9]+)\"?\s*(?=$|[;,])", re.I
 )
 _SECONDS_RE: Final = re.compile(r"[0-9]+")
+KEEP_ALIVE_SECONDS: Final = 15.0
+"""How often an idle event stream sends a comment line, in seconds."""
 
 _F = TypeVar("_F", bound=Callable[..., ResponseReturnValue])
 
@@ -320,3 +323,86 @@ def job_view(ext: Extension) -> Callable[..., ResponseReturnValue]:
         return response
 
     return view
+
+
+def events_view(ext: Extension) -> Callable[..., ResponseReturnValue]:
+    """``GET <jobs url>/<id>/events``: the job's changes as Server-Sent Events."""
+
+    @problems
+    def view(job_id: str) -> ResponseReturnValue:
+        state = ext._state()
+        parsed = parse_job_id(job_id)
+        if parsed is None:
+            raise JobNotFoundError(f"No job with id '{job_id[:64]}'.")
+        raw_last = request.headers.get("Last-Event-ID", "").strip()
+        last = int(raw_last) if _SECONDS_RE.fullmatch(raw_last[:18]) else None
+        # Followed before it is read: a change after the read is not missed.
+        follower = state.events.follow(parsed)
+        try:
+            job = state.manager.watch(parsed)
+            if job is None or (
+                job.owner is not None and job.owner != ext._current_owner()
+            ):
+                raise JobNotFoundError(f"No job with id '{job_id}'.")
+        except BaseException:
+            follower.close()
+            raise
+        return Response(
+            _stream(state, follower, job, last),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return view
+
+
+def _stream(
+    state: AppState, follower: Follower, job: Job, last: int | None
+) -> Iterator[str]:
+    """The events of one stream: the job now (unless the client has it), then
+    each state it takes, until it ends, the stream's time is up, or the process
+    stops."""
+    expose = state.settings.expose_tracebacks
+    deadline = time.monotonic() + state.settings.max_stream_seconds
+
+    def event(job: Job) -> str:
+        body = json.dumps(job.to_dict(expose_traceback=expose))
+        return f"event: job\nid: {job.version}\ndata: {body}\n\n"
+
+    try:
+        if changed_since(job, last):
+            yield event(job)
+        else:
+            # Nothing to send yet: the client gets the headers now, not with
+            # the first change.
+            yield ": following\n\n"
+        if job.status.is_finished:
+            return
+        sent = job.version if last is None else max(job.version, last)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or follower.stopped:
+                return
+            news = follower.wait(min(KEEP_ALIVE_SECONDS, remaining))
+            if follower.stopped:
+                return
+            if not news:
+                yield ": keep-alive\n\n"
+                continue
+            for item in news:
+                if item is None:  # announcements may have been missed
+                    try:
+                        item = state.manager.get(job.id)
+                    except StoreUnavailableError as exc:
+                        # The client reconnects (Last-Event-ID) once it is back.
+                        logger.warning("event stream of job %s ended: %s", job.id, exc)
+                        return
+                    if item is None:  # expired or purged
+                        return
+                if item.version > sent:
+                    sent = item.version
+                    yield event(item)
+                    if item.status.is_finished:
+                        return
+    finally:
+        follower.close()

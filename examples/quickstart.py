@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from flask import Flask
+from flask import Flask, Response, send_file
 
 from async_endpoints import AsyncContext, AsyncEndpoints
 
@@ -53,6 +54,12 @@ def flaky(ctx: AsyncContext) -> dict[str, object]:
 
 # The OpenAPI document of these endpoints and of the job endpoints.
 app.get("/openapi.json")(ae.openapi)
+
+
+@app.get("/")
+def follow_page() -> Response:
+    """A page that starts a job and follows it live (Server-Sent Events)."""
+    return send_file(Path(__file__).with_name("follow.html"))
 
 
 if __name__ == "__main__":

@@ -52,6 +52,10 @@ depends on whether its reply arrived:
 * ``heartbeat``, ``report_progress``, ``release`` and ``cancel`` are idempotent
   as they are.
 
+Every change of a job raises its ``version`` by one (a stored job has version 1),
+and a change of a job that somebody :meth:`~JobStore.watch`-es is announced to
+:meth:`~JobStore.wait_for_changes` in every process.
+
 Instants that decide between processes (due times, lease ends, heartbeats) may be
 kept on the store's own clock (the Redis store does): each ``now`` is then read
 as the caller's clock, and what is compared is ``now`` plus the caller's measured
@@ -234,6 +238,24 @@ class JobStore(Protocol):
         A request made while nobody waited may be missed: heartbeats still
         report it (``HeartbeatResult.cancel_requested``), so this only makes the
         news faster.
+        """
+        ...
+
+    def watch(self, job_id: UUID, *, now: float) -> Job | None:
+        """Mark the job as followed, so that its changes are announced to
+        :meth:`wait_for_changes` in every process; return it as it is now, or
+        ``None`` if unknown or expired. A job nobody watches announces nothing
+        (and costs nothing for it)."""
+        ...
+
+    def wait_for_changes(self, timeout: float) -> list[Job] | None:
+        """Block up to ``timeout`` seconds for changes of watched jobs; return
+        each changed job as that change left it, in the order of the changes
+        (possibly none), or ``None`` when some may have been missed (a
+        subscription made anew): then any watched job may have changed.
+
+        One caller per store and process (the events hub): it shares the
+        announcements among every stream of the process.
         """
         ...
 

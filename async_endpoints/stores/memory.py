@@ -72,16 +72,25 @@ class MemoryStore:
         # Its own condition: waking the cancel listener at every job change
         # would cost a thread switch per change for nothing.
         self._closing = threading.Condition(self._lock)
+        # Jobs someone follows (their events), and their changes not yet taken.
+        self._watched: set[UUID] = set()
+        self._changes: list[Job] = []
+        self._changes_ready = threading.Condition(self._lock)
+        self._changes_taken = False
 
     def __repr__(self) -> str:
         return "<MemoryStore>"
 
     # -- helpers (lock held) -------------------------------------------------
 
-    def _put(self, job: Job) -> None:
+    def _put(self, job: Job) -> Job:
         old = self._jobs.get(job.id)
         was_waiting = old is not None and old.status.is_waiting
+        job = dataclasses.replace(job, version=(old.version if old else 0) + 1)
         self._jobs[job.id] = job
+        if job.id in self._watched:
+            self._changes.append(job)
+            self._changes_ready.notify_all()
         self._waiting += int(job.status.is_waiting) - int(was_waiting)
         if job.status.is_waiting:
             assert job.due_at is not None
@@ -89,12 +98,14 @@ class MemoryStore:
             heapq.heappush(self._ready, (job.due_at, self._seq, job.id))
         self._generation += 1
         self._changed.notify_all()
+        return job
 
-    def _finish(self, job: Job, ttl: float, now: float) -> None:
-        self._put(job)
+    def _finish(self, job: Job, ttl: float, now: float) -> Job:
+        job = self._put(job)
         self._leases.pop(job.id, None)
         self._expires_at[job.id] = now + ttl
         heapq.heappush(self._expiry, (now + ttl, job.id))
+        return job
 
     def _purge(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:
@@ -103,6 +114,7 @@ class MemoryStore:
                 del self._expires_at[job_id]
                 self._jobs.pop(job_id, None)
                 self._finished_by.pop(job_id, None)
+                self._watched.discard(job_id)
         while self._idem_expiry and self._idem_expiry[0][0] <= now:
             at, key = heapq.heappop(self._idem_expiry)
             known = self._idempotency.get(key)
@@ -179,10 +191,11 @@ class MemoryStore:
                 raise QueueFullError(
                     f"The queue is full ({max_queue_size} jobs wait); try again later."
                 )
-            stored = dataclasses.replace(
-                job, status=JobStatus.QUEUED, due_at=now, last_updated_at=now
+            stored = self._put(
+                dataclasses.replace(
+                    job, status=JobStatus.QUEUED, due_at=now, last_updated_at=now
+                )
             )
-            self._put(stored)
             if idempotency is not None:
                 self._idempotency[idempotency.key] = (
                     job.id,
@@ -248,7 +261,7 @@ class MemoryStore:
                     due_at=None,
                     last_updated_at=now,
                 )
-                self._put(running)
+                running = self._put(running)
                 claims.append(self._lease(running, owner, lease, now))
             self._remember(request_id, claims, lease, now)
         return claims
@@ -425,11 +438,9 @@ class MemoryStore:
             if job.status is JobStatus.IN_PROGRESS:
                 if job.cancel_requested:  # asked again: nothing changes
                     return job
-                flagged = dataclasses.replace(
-                    job, cancel_requested=True, last_updated_at=now
+                return self._put(
+                    dataclasses.replace(job, cancel_requested=True, last_updated_at=now)
                 )
-                self._put(flagged)
-                return flagged
             done = dataclasses.replace(
                 job,
                 status=JobStatus.CANCELED,
@@ -438,8 +449,7 @@ class MemoryStore:
                 completed_at=now,
                 last_updated_at=now,
             )
-            self._finish(done, ttl, now)
-            return done
+            return self._finish(done, ttl, now)
 
     def recover_expired(
         self,
@@ -495,8 +505,7 @@ class MemoryStore:
                 completed_at=None,
                 last_updated_at=now,
             )
-            self._put(queued)
-            return queued
+            return self._put(queued)
 
     def list_jobs(
         self, *, status: JobStatus | None, offset: int, limit: int, now: float
@@ -523,6 +532,7 @@ class MemoryStore:
             for job_id in doomed:
                 del self._jobs[job_id]
                 self._expires_at.pop(job_id, None)
+                self._watched.discard(job_id)
             return len(doomed)
 
     def register_worker(self, owner: str, *, ttl: float, now: float) -> None:
@@ -548,6 +558,32 @@ class MemoryStore:
             generation = self._closes
             self._closing.wait_for(lambda: self._closes != generation, timeout)
         return []
+
+    def watch(self, job_id: UUID, *, now: float) -> Job | None:
+        """See :meth:`JobStore.watch`."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            expires_at = self._expires_at.get(job_id)
+            if job is None or (expires_at is not None and expires_at <= now):
+                return None
+            self._watched.add(job_id)
+            return job
+
+    def wait_for_changes(self, timeout: float) -> list[Job] | None:
+        """See :meth:`JobStore.wait_for_changes`. Nothing is ever missed here;
+        the first call answers ``None`` at once, as a new subscription does."""
+        with self._lock:
+            if not self._changes_taken:
+                self._changes_taken = True
+                return None
+            if not self._changes:
+                generation = self._closes
+                self._changes_ready.wait_for(
+                    lambda: bool(self._changes) or self._closes != generation,
+                    timeout,
+                )
+            changed, self._changes = self._changes, []
+        return changed
 
     def stats(self, *, now: float) -> StoreStats:
         """See :meth:`JobStore.stats`."""
@@ -612,3 +648,4 @@ class MemoryStore:
             self._generation += 1
             self._changed.notify_all()
             self._closing.notify_all()
+            self._changes_ready.notify_all()

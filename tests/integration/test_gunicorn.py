@@ -22,6 +22,7 @@ from flask import Flask
 
 from async_endpoints import AsyncEndpoints, Job, JobStatus
 from tests.conftest import RedisServer, free_port
+from tests.sse import EventStream
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.redis, pytest.mark.gunicorn, pytest.mark.slow]
@@ -449,3 +450,41 @@ def test_a_cancel_reaches_a_job_in_another_process_at_once(
         server.stop()
     assert reasons(url) == {job_id: "canceled"}
     assert runs(url) == {job_id: 1}
+
+
+def test_job_events_through_gunicorn(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A stream served by one worker process follows a job another one runs:
+    every progress report arrives, a reconnect with Last-Event-ID resumes."""
+    env = make_env(redis_server.url)
+    env["AE_TEST_STEP_SECONDS"] = "0.2"
+    server = Gunicorn(tmp_path, env, preload=False)
+    server.start()
+    try:
+        status, job = server.request("POST", "/steps", {"steps": 5})
+        assert status == 202
+        path = f"/jobs/{job['id']}/events"
+        stream = EventStream(server.port, path)
+        assert stream.status == 200
+        assert stream.content_type.startswith("text/event-stream")
+        first = stream.next_event()
+        assert first is not None
+        stream.close()  # the client goes away, then comes back
+        resumed = EventStream(server.port, path, **{"Last-Event-ID": str(first["id"])})
+        events = []
+        while (event := resumed.next_event()) is not None:
+            events.append(event)
+        resumed.close()
+        ids = [e["id"] for e in events]
+        assert ids == sorted(set(ids))
+        assert ids[0] > first["id"]
+        assert events[-1]["job"]["status"] == "Completed"
+        fractions = [
+            e["job"]["progress"]["fraction"]
+            for e in events
+            if e["job"]["progress"] is not None
+        ]
+        # Every report after the reconnect is an event of its own.
+        start = [0.2, 0.4, 0.6, 0.8, 1.0].index(fractions[0])
+        assert fractions[:-1] == [0.2, 0.4, 0.6, 0.8, 1.0][start:]
+    finally:
+        server.stop()

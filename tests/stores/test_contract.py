@@ -17,7 +17,14 @@ from async_endpoints.errors import (
     JobNotFoundError,
     QueueFullError,
 )
-from async_endpoints.jobs import Claim, ErrorInfo, Idempotency, JobStatus, Progress
+from async_endpoints.jobs import (
+    Claim,
+    ErrorInfo,
+    Idempotency,
+    Job,
+    JobStatus,
+    Progress,
+)
 from async_endpoints.stores import JobStore, MemoryStore
 from tests.stores.conftest import make_job
 
@@ -935,3 +942,110 @@ def test_memory_forgets_expired_keys_and_requests(memory_store: MemoryStore) -> 
     submit(memory_store, now=NOW + LEASE + 1)  # any call purges what expired
     assert memory_store._idempotency == {}
     assert memory_store._requests == {}
+
+
+# -- versions and followed jobs (job events) ----------------------------------------
+
+
+def announced(store: JobStore, wanted: set[uuid.UUID]) -> list[Job]:
+    """The jobs ``wait_for_changes`` announces until each of ``wanted`` came (2 s
+    at most), in order."""
+    seen: list[Job] = []
+    deadline = time.monotonic() + 2.0
+    while not wanted <= {j.id for j in seen} and time.monotonic() < deadline:
+        seen += store.wait_for_changes(0.2) or ()
+    return seen
+
+
+def changes_until(store: JobStore, wanted: set[uuid.UUID]) -> set[uuid.UUID]:
+    """The ids of the jobs :func:`announced` gives."""
+    return {job.id for job in announced(store, wanted)}
+
+
+def test_every_change_raises_the_version(store: JobStore) -> None:
+    job_id = submit(store)
+    versions = [store.get(job_id, now=NOW).version]  # type: ignore[union-attr]
+    claim = claim_one(store)
+    assert claim.job.version == versions[-1] + 1
+    versions.append(claim.job.version)
+    store.report_progress(claim, Progress(fraction=0.5), now=NOW)
+    store.fail(claim, BOOM, retry_at=NOW + 1, ttl=TTL, now=NOW)
+    claim = claim_one(store, now=NOW + 1)
+    store.cancel(job_id, ttl=TTL, now=NOW + 1)
+    store.complete(claim, None, ttl=TTL, now=NOW + 1)
+    final = store.get(job_id, now=NOW + 1)
+    assert final is not None
+    assert final.status is JobStatus.CANCELED
+    # submit 1, claim, progress, fail, claim, cancel flag, complete (Canceled)
+    assert versions[0] == 1
+    assert final.version == 7
+    assert final.to_dict()["version"] == 7
+
+
+def test_a_heartbeat_or_a_refused_change_keeps_the_version(store: JobStore) -> None:
+    job_id = submit(store)
+    claim = claim_one(store)
+    store.heartbeat([claim], lease=LEASE, now=NOW + 1)
+    stale = Claim(job=claim.job, token="not-the-token", lease_until=NOW + LEASE)
+    assert not store.complete(stale, None, ttl=TTL, now=NOW + 1)
+    assert store.get(job_id, now=NOW + 1).version == claim.job.version  # type: ignore[union-attr]
+
+
+def test_watch_answers_the_job_or_none(store: JobStore) -> None:
+    job_id = submit(store)
+    watched = store.watch(job_id, now=NOW)
+    assert watched == store.get(job_id, now=NOW)
+    assert store.watch(uuid.uuid4(), now=NOW) is None
+
+
+def test_changes_of_a_watched_job_are_announced(store: JobStore) -> None:
+    watched, other = submit(store), submit(store)
+    assert store.wait_for_changes(1.0) is None  # the first call subscribes
+    store.watch(watched, now=NOW)
+    claims = store.claim("w1", limit=2, lease=LEASE, now=NOW)
+    assert {c.job_id for c in claims} == {watched, other}
+    seen = changes_until(store, {watched})
+    assert watched in seen
+    assert other not in seen
+    (held,) = [c for c in claims if c.job_id == watched]
+    store.report_progress(held, Progress(fraction=0.3), now=NOW)
+    assert watched in changes_until(store, {watched})
+    store.complete(held, {"ok": True}, ttl=TTL, now=NOW)
+    assert watched in changes_until(store, {watched})
+
+
+def test_each_announcement_is_the_job_as_its_change_left_it(store: JobStore) -> None:
+    job_id = submit(store)
+    store.wait_for_changes(0.5)
+    store.watch(job_id, now=NOW)
+    claim = claim_one(store)
+    store.report_progress(claim, Progress(fraction=0.25, message="a"), now=NOW)
+    store.report_progress(claim, Progress(fraction=0.5, message="b"), now=NOW)
+    store.complete(claim, {"ok": True}, ttl=TTL, now=NOW + 1)
+    seen: list[Job] = []
+    deadline = time.monotonic() + 2.0
+    while len(seen) < 4 and time.monotonic() < deadline:
+        seen += store.wait_for_changes(0.2) or ()
+    assert [j.version for j in seen] == [2, 3, 4, 5]
+    assert [j.status for j in seen] == [JobStatus.IN_PROGRESS] * 3 + [
+        JobStatus.COMPLETED
+    ]
+    assert [j.progress for j in seen[1:3]] == [
+        Progress(fraction=0.25, message="a"),
+        Progress(fraction=0.5, message="b"),
+    ]
+    assert seen[-1] == store.get(job_id, now=NOW + 1)
+
+
+def test_a_cancel_and_a_retry_of_a_watched_job_are_announced(store: JobStore) -> None:
+    job_id = submit(store, max_retries=0)
+    store.wait_for_changes(0.5)
+    store.watch(job_id, now=NOW)
+    claim = claim_one(store)
+    changes_until(store, {job_id})
+    store.fail(claim, BOOM, retry_at=None, ttl=TTL, now=NOW)
+    assert job_id in changes_until(store, {job_id})
+    store.retry(job_id, now=NOW)
+    assert job_id in changes_until(store, {job_id})
+    store.cancel(job_id, ttl=TTL, now=NOW)
+    assert job_id in changes_until(store, {job_id})

@@ -42,6 +42,7 @@ SCRIPTS = {
     "retry",
     "register_worker",
     "purge",
+    "watch",
 }
 
 
@@ -181,6 +182,7 @@ def test_a_finished_no_op_job_is_small(
         b"e",
         b"o",
         b"lt",  # which completion ended it (9 characters), for a re-send of it
+        b"v",  # the version: the events' id
     }
 
 

@@ -140,7 +140,9 @@ class StoreMachine(RuleBasedStateMachine):
     def update(self, job_id: UUID, token: str | None = None, **changes: Any) -> None:
         expected = self.jobs[job_id]
         assert expected.job.status not in FINISHED, "the model changed a finished job"
-        expected.job = dataclasses.replace(expected.job, **changes)
+        # Every change raises the version by one.
+        version = expected.job.version + (1 if changes else 0)
+        expected.job = dataclasses.replace(expected.job, version=version, **changes)
         expected.token = token
         if token is None:
             expected.lease_until = None
@@ -296,7 +298,11 @@ class StoreMachine(RuleBasedStateMachine):
             job, max_queue_size=max_queue_size, idempotency=idempotency, now=self.now
         )
         expected = dataclasses.replace(
-            job, status=JobStatus.QUEUED, due_at=self.now, last_updated_at=self.now
+            job,
+            status=JobStatus.QUEUED,
+            due_at=self.now,
+            last_updated_at=self.now,
+            version=1,
         )
         assert stored == expected
         self.jobs[job.id] = Expected(expected)

@@ -93,6 +93,9 @@ class _Connection:
         self._cancel_lock = threading.Lock()
         self._cancel_pubsub: Any = None
         self._cancel_renew_at = 0.0
+        self._events_pubsub: Any = None
+        self._events_renew_at = 0.0
+        self._events_pid = 0
 
     def _warn_without_timeout(self, client: _Client) -> None:
         """A client passed in without ``socket_timeout`` can wait forever on a
@@ -289,6 +292,10 @@ class _Connection:
             pubsub, self._cancel_pubsub = self._cancel_pubsub, None
         if pubsub is not None:
             _close_quietly(pubsub)
+        with self._cancel_lock:
+            events, self._events_pubsub = self._events_pubsub, None
+        if events is not None:
+            _close_quietly(events)
         with self._connect_lock:
             closers, self._closers = self._closers, []
         for close in closers:

@@ -60,6 +60,7 @@ def _encode_job(job: Job) -> list[str]:
         "g": None if job.progress is None else _dump_progress(job.progress),
         "k": "1" if job.cancel_requested else None,
         "hb": str(job.handbacks) if job.handbacks else None,
+        "v": str(job.version),
     }
     return [
         item
@@ -127,9 +128,11 @@ def _decode_job(job_id: str, flat: _Reply, claimed_at: float | None = None) -> J
         fraction, note = json.loads(f["g"])
         progress = Progress(fraction=fraction, message=note)
     status = JobStatus(f["s"])
+    version = int(f.get("v", "0"))
     if claimed_at is not None and status.is_waiting:
         status = JobStatus.IN_PROGRESS
         f["b"] = f["u"] = repr(claimed_at)
+        version += 1
     return Job(
         id=uuid.UUID(job_id),
         name=f["n"],
@@ -152,6 +155,7 @@ def _decode_job(job_id: str, flat: _Reply, claimed_at: float | None = None) -> J
         progress=progress,
         cancel_requested="k" in f,
         handbacks=int(f.get("hb", "0")),
+        version=version,
     )
 
 

@@ -30,6 +30,7 @@ _ScriptName: TypeAlias = Literal[
     "register_worker",
     "purge",
     "clock",
+    "watch",
 ]
 _SCRIPT_NAMES: Final[tuple[_ScriptName, ...]] = get_args(_ScriptName)
 
@@ -60,6 +61,9 @@ class _Keys:
         self._request_prefix: Final = f"{tag}:req:"
         self._ended_prefix: Final = f"{tag}:ended:"
         self.cancels: Final = f"{tag}:cancels"
+        self.events: Final = f"{tag}:events"
+        """The Pub/Sub channel (not a key) told the id of every change of a
+        job that somebody follows."""
 
     def job(self, job_id: uuid.UUID | str) -> str:
         return f"{self.job_prefix}{job_id}"

@@ -83,6 +83,7 @@ class _Leases(_Clock):
             owner,
             _num(now),
             _lease_ms(lease),
+            self._keys.events,
         ]
         keys = [self._keys.ready, self._keys.claimed, self._keys.job_prefix]
         return [*keys, self._keys.request(request_id)], args
@@ -150,6 +151,7 @@ class _Leases(_Clock):
             _ttl_seconds(ttl),
             self._keys.ended(job_id),
             "" if retry_at is None else _num(self._server(retry_at)),
+            self._keys.events,
         ]
         return keys, args
 
@@ -201,6 +203,7 @@ class _Leases(_Clock):
             _ttl_seconds(ttl),
             self._keys.ended(""),
             _num(self._server(now)),
+            self._keys.events,
         ]
         for c in claims:
             args += [str(c.job_id), c.token]

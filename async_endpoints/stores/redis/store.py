@@ -82,7 +82,7 @@ class RedisStore(_Waits, _Queries, _Leases):
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         stored = dataclasses.replace(
-            job, status=JobStatus.QUEUED, due_at=now, last_updated_at=now
+            job, status=JobStatus.QUEUED, due_at=now, last_updated_at=now, version=1
         )
         keys = [self._keys.job(job.id), self._keys.ready, self._keys.wake]
         record = ttl_ms = ""
@@ -158,7 +158,7 @@ class RedisStore(_Waits, _Queries, _Leases):
         ]
         encoded = "" if result is None else _dump(result)
         args = [str(claim.job_id), claim.token, _num(now), encoded, _ttl_seconds(ttl)]
-        return keys, [*args, self._keys.ended(claim.job_id)]
+        return keys, [*args, self._keys.ended(claim.job_id), self._keys.events]
 
     def complete_and_claim(
         self,
@@ -232,7 +232,13 @@ class RedisStore(_Waits, _Queries, _Leases):
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         keys = [self._keys.job(claim.job_id)]
-        args = [claim.token, _num(now), _dump_progress(progress)]
+        args = [
+            claim.token,
+            _num(now),
+            _dump_progress(progress),
+            str(claim.job_id),
+            self._keys.events,
+        ]
         return _int(self._call("report_progress", keys, args)) == 1
 
     def cancel(self, job_id: uuid.UUID, *, ttl: float, now: float) -> Job:
@@ -252,6 +258,7 @@ class RedisStore(_Waits, _Queries, _Leases):
             _ttl_seconds(ttl),
             self._keys.ended(job_id),
             self._keys.cancels,
+            self._keys.events,
         ]
         reply = _list(self._call("cancel", keys, args))
         code = _int(reply[0])
@@ -263,6 +270,14 @@ class RedisStore(_Waits, _Queries, _Leases):
             )
         return _decode_job(str(job_id), reply[1])
 
+    def watch(self, job_id: uuid.UUID, *, now: float) -> Job | None:
+        """Mark the job as followed and read it (see :meth:`JobStore.watch`).
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        reply = _list(self._call("watch", [self._keys.job(job_id)], []))
+        return _decode_job(str(job_id), reply) if reply else None
+
     def retry(self, job_id: uuid.UUID, *, now: float) -> Job:
         """Put a Failed job back in the queue (Queued, due now, retry count 0).
 
@@ -271,7 +286,12 @@ class RedisStore(_Waits, _Queries, _Leases):
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         keys = [self._keys.job(job_id), self._keys.ready, self._keys.wake]
-        args = [str(job_id), _num(now), _num(self._server(now))]
+        args = [
+            str(job_id),
+            _num(now),
+            _num(self._server(now)),
+            self._keys.events,
+        ]
         reply = _list(self._call("retry", keys, args))
         code = _int(reply[0])
         if code == -1:

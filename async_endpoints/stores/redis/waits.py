@@ -5,6 +5,9 @@ Every wait is bounded."""
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import os
 import time
 import uuid
 from typing import (
@@ -23,12 +26,15 @@ import redis.sentinel
 from async_endpoints.errors import (
     StoreUnavailableError,
 )
+from async_endpoints.jobs import Job
 from async_endpoints.stores.redis.client import (
     _BlockingConnection,
     _close_quietly,
     _Connection,
 )
-from async_endpoints.stores.redis.codec import _plain
+from async_endpoints.stores.redis.codec import _decode_job, _plain
+
+logger = logging.getLogger(__name__)
 
 _MIN_BLOCK: Final = 0.01
 """Shortest BLPOP, in seconds: 0 would mean "block forever"."""
@@ -39,6 +45,12 @@ _DUE_BLOCK: Final = 0.001
 """Shortest BLPOP before a known job falls due, in seconds."""
 _REPLY_GRACE: Final = 5.0
 """How much longer than a BLPOP's own timeout its reply may take, in seconds."""
+_EVENTS_RENEW: Final = 30.0
+"""How often the events subscription is made anew, in seconds (the new one
+before the old one is let go, so that no announcement falls between)."""
+_PONG_WAIT: Final = 1.0
+"""How long an old events subscription may take to answer a PING before it is
+judged dead (and every followed job re-read), in seconds."""
 _END_POLL: Final = 0.05
 """How often ``wait_for_end`` looks at the job, in seconds."""
 
@@ -237,3 +249,106 @@ class _Waits(_Connection):
                 return ids
             raise
         return ids
+
+    def wait_for_changes(self, timeout: float) -> list[Job] | None:
+        """Block up to ``timeout`` seconds for changes of followed jobs; return
+        each changed job as the change left it, in order, or ``None`` after
+        subscribing anew (see
+        :meth:`JobStore.wait_for_changes`).
+
+        One subscription to ``{P}:events`` per store and process, made anew
+        every 30 s: the new one first, then the old one is read to its end (a
+        PING through it shows it was alive, so nothing was missed), then closed.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        with self._translate_errors():
+            client = self._redis()
+        pubsub = self._events_pubsub
+        if self._events_pid != os.getpid():
+            pubsub = None  # the parent's, across a fork: left to the parent
+        if pubsub is None:
+            self._events_pubsub = self._subscribe_events(client)
+            self._events_pid = os.getpid()
+            return None
+        ids: list[Job] = []
+        try:
+            with self._translate_errors():
+                if time.monotonic() > self._events_renew_at:
+                    fresh = self._subscribe_events(client)
+                    alive = self._drain_events(pubsub, ids)
+                    self._events_pubsub = fresh
+                    _close_quietly(pubsub)
+                    return ids if alive else None
+                self._read_events(pubsub, timeout, ids)
+        except StoreUnavailableError:
+            if self._events_pubsub is pubsub:
+                self._events_pubsub = None
+            _close_quietly(pubsub)
+            if self._closed.is_set():
+                return ids
+            raise
+        return ids
+
+    def _subscribe_events(self, client: Any) -> Any:
+        """A new subscription to the events channel, confirmed by Redis."""
+        with self._translate_errors():
+            pubsub = client.pubsub()
+            try:
+                pubsub.subscribe(self._keys.events)
+                deadline = time.monotonic() + _REPLY_GRACE
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise redis.TimeoutError("no confirmation of SUBSCRIBE")
+                    message = pubsub.get_message(timeout=remaining)
+                    if message is not None and message.get("type") == "subscribe":
+                        break
+            except BaseException:
+                _close_quietly(pubsub)
+                raise
+        with self._cancel_lock:
+            if self._closed.is_set():
+                _close_quietly(pubsub)
+                raise StoreUnavailableError("the store is closed")
+        self._events_renew_at = time.monotonic() + _EVENTS_RENEW
+        return pubsub
+
+    def _read_events(self, pubsub: Any, timeout: float, ids: list[Job]) -> None:
+        """Messages of ``pubsub`` for up to ``timeout`` s, until some arrived."""
+        deadline = time.monotonic() + timeout
+        while not self._closed.is_set():
+            remaining = deadline - time.monotonic()
+            message = pubsub.get_message(timeout=max(0.0, remaining) if not ids else 0)
+            if message is None:
+                if ids or remaining <= 0:
+                    return
+                continue
+            _take_job(message, ids)
+
+    def _drain_events(self, pubsub: Any, ids: list[Job]) -> bool:
+        """Read an old subscription to its end; whether it answered a PING."""
+        try:
+            pubsub.ping("renew")
+            deadline = time.monotonic() + _PONG_WAIT
+            while (remaining := deadline - time.monotonic()) > 0:
+                message = pubsub.get_message(timeout=remaining)
+                if message is None:
+                    continue
+                if message.get("type") == "pong":
+                    return True
+                _take_job(message, ids)
+        except (redis.RedisError, OSError):
+            pass
+        return False
+
+
+def _take_job(message: dict[str, Any], jobs: list[Job]) -> None:
+    """The job a script announced (``[id, hash]`` as JSON), if readable."""
+    if message.get("type") != "message":
+        return
+    try:
+        job_id, flat = json.loads(message["data"])
+        jobs.append(_decode_job(job_id, flat))
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        logger.warning("an announcement of a job change cannot be read: %s", exc)

@@ -8,31 +8,45 @@
 -- ARGV[3]  ttl of the canceled job, whole seconds (integer >= 1)
 -- ARGV[4]  the job's end channel {prefix}:ended:<id>: PUBLISHed to when the job
 --          ends here, so that long-polling readers wake (a channel, not a key)
--- ARGV[5]  the cancels channel {prefix}:cancels: PUBLISHed the job id when a
+-- ARGV[5]  the cancels channel {prefix}:cancels: PUBLISHed the job (JSON [id, its hash HGETALL-style], after the change) when a
 --          running job is flagged, so that the process running it stops it at
 --          once (a channel, not a key)
+-- ARGV[6]  the events channel {prefix}:events (a channel, not a key): a job
+--          that somebody follows (field ev) is PUBLISHed there after the
+--          change as JSON [id, its hash HGETALL-style]
 --
 -- Returns {code, fields}: code 1 = the job (now Canceled, flagged, or already
 -- Canceled) with its hash HGETALL-style; -1 = no such job ({-1});
 -- -2 = the job is Completed or Failed ({-2, status}).
 
-local status = redis.call('HGET', KEYS[1], 's')
+local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev')
+local status = held[1]
 if not status then
     return {-1}
 end
+local version = (tonumber(held[2]) or 0) + 1
 if status == 'Completed' or status == 'Failed' then
     return {-2, status}
 end
 if status == 'InProgress' then
     if not redis.call('HGET', KEYS[1], 'k') then
-        redis.call('HSET', KEYS[1], 'k', '1', 'u', ARGV[2])
+        redis.call('HSET', KEYS[1], 'k', '1', 'u', ARGV[2], 'v', version)
         redis.call('PUBLISH', ARGV[5], ARGV[1])
+        if held[3] then
+            redis.call('PUBLISH', ARGV[6],
+                cjson.encode({ARGV[1], redis.call('HGETALL', KEYS[1])}))
+        end
     end
 elseif status ~= 'Canceled' then
-    redis.call('HSET', KEYS[1], 's', 'Canceled', 'k', '1', 'e', ARGV[2], 'u', ARGV[2])
+    redis.call('HSET', KEYS[1], 's', 'Canceled', 'k', '1', 'e', ARGV[2], 'u', ARGV[2],
+        'v', version)
     redis.call('HDEL', KEYS[1], 'd')
     redis.call('ZREM', KEYS[2], ARGV[1])
     redis.call('EXPIRE', KEYS[1], ARGV[3])
     redis.call('PUBLISH', ARGV[4], 'Canceled')
+    if held[3] then
+        redis.call('PUBLISH', ARGV[6],
+            cjson.encode({ARGV[1], redis.call('HGETALL', KEYS[1])}))
+    end
 end
 return {1, redis.call('HGETALL', KEYS[1])}

@@ -17,6 +17,9 @@
 -- ARGV[5]  the claiming worker's name
 -- ARGV[6]  now on the caller's clock (float string): the hash's times
 -- ARGV[7]  how long the request's record is kept, milliseconds (integer)
+-- ARGV[8]  the events channel {prefix}:events: a claimed job that somebody
+--          follows (field ev) is PUBLISHed there as JSON [id, its hash
+--          HGETALL-style] (a channel, not a key)
 --
 -- A request sent again (its reply was lost) claims nothing new: it answers with
 -- the jobs the first call claimed that are still held under its tokens, their
@@ -62,11 +65,15 @@ while n < limit do
         -- The hash as it was: the caller applies the claim's changes to it (status
         -- InProgress, started and updated now, no due time), saving a read.
         local fields = redis.call('HGETALL', key)
-        local status
+        local status, version, watched
         for i = 1, #fields, 2 do
-            if fields[i] == 's' then
+            local name = fields[i]
+            if name == 's' then
                 status = fields[i + 1]
-                break
+            elseif name == 'v' then
+                version = fields[i + 1]
+            elseif name == 'ev' then
+                watched = true
             end
         end
         if status == 'Queued' or status == 'Scheduled' then
@@ -74,7 +81,11 @@ while n < limit do
             local token = ARGV[4] .. ':' .. n
             -- d (the due time) stays: it means nothing once the job is not waiting.
             redis.call('HSET', key, 's', 'InProgress', 'b', stamp, 'u', stamp,
-                't', token, 'w', ARGV[5])
+                't', token, 'w', ARGV[5], 'v', (tonumber(version) or 0) + 1)
+            if watched then
+                redis.call('PUBLISH', ARGV[8],
+                    cjson.encode({id, redis.call('HGETALL', key)}))
+            end
             redis.call('ZADD', KEYS[2], ARGV[3], id)
             out[#out + 1] = id
             out[#out + 1] = token

@@ -14,13 +14,18 @@
 -- ARGV[5]  ttl of the finished job, whole seconds (integer >= 1)
 -- ARGV[6]  the job's end channel {prefix}:ended:<id>: PUBLISHed to, so that
 --          long-polling readers wake (a channel, not a key)
+-- ARGV[7]  the events channel {prefix}:events (a channel, not a key): a job
+--          that somebody follows (field ev) is PUBLISHed there after the
+--          change as JSON [id, its hash HGETALL-style]
+--
+-- Every change raises the field v (the job's version) by one.
 --
 -- Returns 1 if applied, 0 if the token or status no longer match. The field lt
 -- keeps "c" .. the token's first 8 characters (of its request id: unique among
 -- a job's attempts) of the completion that ended the job, so that the same call
 -- sent again (its reply was lost) also answers 1 and changes nothing.
 
-local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt')
+local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'c' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
@@ -28,7 +33,7 @@ local status = held[3] and 'Canceled' or 'Completed'
 local stored = status == 'Completed' and ARGV[4] ~= ''
 redis.call('HDEL', KEYS[1], 'r', 'x', 't', 'w', 'd', 'hb')
 local fields = {'s', status, 'e', ARGV[3], 'u', ARGV[3],
-    'lt', 'c' .. string.sub(ARGV[2], 1, 8)}
+    'lt', 'c' .. string.sub(ARGV[2], 1, 8), 'v', (tonumber(held[5]) or 0) + 1}
 if stored then
     fields[#fields + 1] = 'r'
     fields[#fields + 1] = ARGV[4]
@@ -38,4 +43,8 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('PUBLISH', ARGV[6], status)
+if held[6] then
+    redis.call('PUBLISH', ARGV[7],
+        cjson.encode({ARGV[1], redis.call('HGETALL', KEYS[1])}))
+end
 return 1

@@ -17,19 +17,23 @@
 -- ARGV[7]  the job's end channel {prefix}:ended:<id>: PUBLISHed to when the job
 --          ends, so that long-polling readers wake (a channel, not a key)
 -- ARGV[8]  retry_at on Redis's clock (the zset score), or ''
+-- ARGV[9]  the events channel {prefix}:events (a channel, not a key): a job
+--          that somebody follows (field ev) is PUBLISHed there after the
+--          change as JSON [id, its hash HGETALL-style]
 --
 -- Returns 1 if applied, 0 if the token or status no longer match. The field lt
 -- keeps "f" .. the token's first 8 characters (of its request id: unique among
 -- a job's attempts) of the failure recorded last, so that the same call sent
 -- again (its reply was lost) also answers 1 and changes nothing.
 
-local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt')
+local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'f' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[1], 't', 'w', 'hb')
-redis.call('HSET', KEYS[1], 'lt', 'f' .. string.sub(ARGV[2], 1, 8))
+redis.call('HSET', KEYS[1], 'lt', 'f' .. string.sub(ARGV[2], 1, 8),
+    'v', (tonumber(held[5]) or 0) + 1)
 if held[3] or ARGV[5] == '' then
     local status = held[3] and 'Canceled' or 'Failed'
     redis.call('HSET', KEYS[1], 's', status, 'x', ARGV[4], 'e', ARGV[3], 'u', ARGV[3])
@@ -44,5 +48,9 @@ else
     if redis.call('LPUSH', KEYS[4], '1') > 64 then
         redis.call('LTRIM', KEYS[4], 0, 63)
     end
+end
+if held[6] then
+    redis.call('PUBLISH', ARGV[9],
+        cjson.encode({ARGV[1], redis.call('HGETALL', KEYS[1])}))
 end
 return 1

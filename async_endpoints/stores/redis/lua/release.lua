@@ -14,8 +14,10 @@
 -- ARGV[3]      the end-channel prefix {prefix}:ended: (channels, not keys): a
 --              canceled job is PUBLISHed on ARGV[3] .. id
 -- ARGV[4]      now on Redis's clock (float string): the released ids' score
--- ARGV[2i+3]   the i-th claim's job id
--- ARGV[2i+4]   the i-th claim's token
+-- ARGV[5]      the events channel {prefix}:events: PUBLISHed a released job as
+--              JSON [id, its hash HGETALL-style] when somebody follows it
+-- ARGV[2i+4]   the i-th claim's job id
+-- ARGV[2i+5]   the i-th claim's token
 --
 -- Returns the number of jobs released (claims whose token no longer matched
 -- are skipped).
@@ -23,20 +25,27 @@
 local released, queued = 0, 0
 for i = 4, #KEYS do
     local n = i - 3
-    local id, token = ARGV[2 * n + 3], ARGV[2 * n + 4]
-    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k')
+    local id, token = ARGV[2 * n + 4], ARGV[2 * n + 5]
+    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k', 'v', 'ev')
     if held[1] == 'InProgress' and held[2] == token then
         redis.call('HDEL', KEYS[i], 't', 'w')
+        local version = (tonumber(held[4]) or 0) + 1
         redis.call('ZREM', KEYS[2], id)
         if held[3] then
-            redis.call('HSET', KEYS[i], 's', 'Canceled', 'e', ARGV[1], 'u', ARGV[1])
+            redis.call('HSET', KEYS[i], 's', 'Canceled', 'e', ARGV[1], 'u', ARGV[1],
+                'v', version)
             redis.call('EXPIRE', KEYS[i], ARGV[2])
             redis.call('PUBLISH', ARGV[3] .. id, 'Canceled')
         else
-            redis.call('HSET', KEYS[i], 's', 'Queued', 'd', ARGV[1], 'u', ARGV[1])
+            redis.call('HSET', KEYS[i], 's', 'Queued', 'd', ARGV[1], 'u', ARGV[1],
+                'v', version)
             redis.call('HINCRBY', KEYS[i], 'hb', 1)
             redis.call('ZADD', KEYS[1], ARGV[4], id)
             queued = queued + 1
+        end
+        if held[5] then
+            redis.call('PUBLISH', ARGV[5],
+                cjson.encode({id, redis.call('HGETALL', KEYS[i])}))
         end
         released = released + 1
     end

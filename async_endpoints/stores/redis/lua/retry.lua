@@ -7,11 +7,15 @@
 -- ARGV[1]  the job id
 -- ARGV[2]  now, epoch seconds (float string)
 -- ARGV[3]  now on Redis's clock (float string): the zset score
+-- ARGV[4]  the events channel {prefix}:events (a channel, not a key): a job
+--          that somebody follows (field ev) is PUBLISHed there after the
+--          change as JSON [id, its hash HGETALL-style]
 --
 -- Returns {1, fields} with the job's hash HGETALL-style; {-1} when there is no
 -- such job; {-2, status} when the job is not Failed.
 
-local status = redis.call('HGET', KEYS[1], 's')
+local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev')
+local status = held[1]
 if not status then
     return {-1}
 end
@@ -19,10 +23,15 @@ if status ~= 'Failed' then
     return {-2, status}
 end
 redis.call('PERSIST', KEYS[1])
-redis.call('HSET', KEYS[1], 's', 'Queued', 'd', ARGV[2], 'u', ARGV[2])
+redis.call('HSET', KEYS[1], 's', 'Queued', 'd', ARGV[2], 'u', ARGV[2],
+    'v', (tonumber(held[2]) or 0) + 1)
 redis.call('HDEL', KEYS[1], 'a', 'e')
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 if redis.call('LPUSH', KEYS[3], '1') > 64 then
     redis.call('LTRIM', KEYS[3], 0, 63)
+end
+if held[3] then
+    redis.call('PUBLISH', ARGV[4],
+        cjson.encode({ARGV[1], redis.call('HGETALL', KEYS[1])}))
 end
 return {1, redis.call('HGETALL', KEYS[1])}

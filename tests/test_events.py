@@ -1,0 +1,249 @@
+"""Job events: ``GET <jobs url>/<id>/events`` as Server-Sent Events, on every store."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from async_endpoints import AsyncContext, AsyncEndpoints
+from tests.test_http import assert_problem
+
+
+@pytest.fixture(params=["memory", "fakeredis", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def echo(ae: AsyncEndpoints) -> None:
+    @ae.post("/echo", name="Echo")
+    def echo_handler(ctx: AsyncContext) -> Any:
+        return ctx.request
+
+
+class Stream:
+    """An open event stream of the test client, read event by event."""
+
+    def __init__(self, client: FlaskClient, url: str, **headers: str) -> None:
+        self.response = client.get(url, headers=headers, buffered=False)
+        self._chunks: Iterator[bytes] = iter(self.response.response)
+        self._buffer = ""
+
+    def next_block(self) -> str | None:
+        """The next event or comment block, or ``None`` once the stream ended."""
+        while "\n\n" not in self._buffer:
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                return None
+            self._buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
+        block, self._buffer = self._buffer.split("\n\n", 1)
+        return block
+
+    def next_event(self) -> dict[str, Any] | None:
+        """The next ``job`` event (comments skipped) as its fields."""
+        while (block := self.next_block()) is not None:
+            if block.startswith(":"):
+                continue
+            fields = dict(line.split(": ", 1) for line in block.split("\n"))
+            return {
+                "event": fields["event"],
+                "id": int(fields["id"]),
+                "job": json.loads(fields["data"]),
+            }
+        return None
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def submit(client: FlaskClient, body: Any = None) -> str:
+    response = client.post("/echo", json=body or {"n": 1})
+    assert response.status_code == 202
+    job_id: str = response.get_json()["id"]
+    return job_id
+
+
+@pytest.mark.usefixtures("echo")
+def test_a_stream_sends_the_state_then_each_change_then_ends(
+    client: FlaskClient, ae: AsyncEndpoints, app: Flask
+) -> None:
+    job_id = submit(client)
+    stream = Stream(client, f"/jobs/{job_id}/events")
+    assert stream.response.status_code == 200
+    assert stream.response.mimetype == "text/event-stream"
+    assert stream.response.headers["Cache-Control"] == "no-cache"
+    first = stream.next_event()
+    assert first is not None
+    assert first["event"] == "job"
+    assert first["job"]["status"] == "Queued"
+    assert first["id"] == first["job"]["version"] == 1
+    with app.app_context():
+        assert ae.run_due_jobs() == 1
+    last = stream.next_event()
+    assert last is not None
+    assert last["job"]["status"] == "Completed"
+    assert last["job"]["result"] == {"n": 1}
+    assert last["id"] == last["job"]["version"] > first["id"]
+    assert stream.next_block() is None  # closed after the final state
+
+
+@pytest.mark.usefixtures("echo")
+def test_last_event_id_resumes_without_the_state_already_seen(
+    client: FlaskClient, ae: AsyncEndpoints, app: Flask
+) -> None:
+    job_id = submit(client)
+    stream = Stream(client, f"/jobs/{job_id}/events", **{"Last-Event-ID": "1"})
+    with app.app_context():
+        ae.run_due_jobs()
+    event = stream.next_event()
+    assert event is not None
+    assert event["job"]["status"] == "Completed"  # not the Queued it had seen
+    # An ended job's final state is always sent, even to a client that has it.
+    again = Stream(
+        client, f"/jobs/{job_id}/events", **{"Last-Event-ID": str(event["id"])}
+    )
+    final = again.next_event()
+    assert final is not None
+    assert final["id"] == event["id"]
+    assert again.next_block() is None
+
+
+@pytest.mark.usefixtures("echo")
+def test_a_stale_last_event_id_gets_the_current_state_at_once(
+    client: FlaskClient, ae: AsyncEndpoints
+) -> None:
+    job_id = submit(client)
+    client.delete(f"/jobs/{job_id}")
+    stream = Stream(client, f"/jobs/{job_id}/events", **{"Last-Event-ID": "0"})
+    event = stream.next_event()
+    assert event is not None
+    assert event["job"]["status"] == "Canceled"
+    assert stream.next_block() is None
+
+
+@pytest.mark.usefixtures("echo")
+def test_a_malformed_last_event_id_is_ignored(
+    client: FlaskClient, ae: AsyncEndpoints
+) -> None:
+    job_id = submit(client)
+    stream = Stream(client, f"/jobs/{job_id}/events", **{"Last-Event-ID": "x1"})
+    event = stream.next_event()
+    assert event is not None
+    assert event["id"] == 1
+    stream.close()
+
+
+@pytest.mark.usefixtures("echo")
+def test_unknown_and_malformed_ids_are_404(client: FlaskClient) -> None:
+    assert_problem(client.get(f"/jobs/{uuid.uuid4()}/events"), 404)
+    assert_problem(client.get("/jobs/not-a-uuid/events"), 404)
+
+
+def test_owner_binding_applies_to_events(app: Flask, ae: AsyncEndpoints) -> None:
+    @ae.post("/mine", name="Mine")
+    def mine(ctx: AsyncContext) -> None:
+        return None
+
+    @ae.job_owner
+    def owner() -> str | None:
+        from flask import request
+
+        return request.headers.get("X-User")
+
+    client = app.test_client()
+    job_id = client.post("/mine", headers={"X-User": "alice"}).get_json()["id"]
+    assert_problem(client.get(f"/jobs/{job_id}/events", headers={"X-User": "bob"}), 404)
+    stream = Stream(client, f"/jobs/{job_id}/events", **{"X-User": "alice"})
+    assert stream.next_event() is not None
+    stream.close()
+
+
+def test_an_idle_stream_keeps_alive_then_closes_at_its_time_limit(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import async_endpoints.views
+
+    monkeypatch.setattr(async_endpoints.views, "KEEP_ALIVE_SECONDS", 0.05)
+    limited = app
+    limited.config["ASYNC_ENDPOINTS_MAX_STREAM_SECONDS"] = 0.3
+    ext = AsyncEndpoints(limited)
+
+    @ext.post("/echo", name="Echo")
+    def echo_handler(ctx: AsyncContext) -> None:
+        return None
+
+    client = limited.test_client()
+    job_id = submit(client)
+    stream = Stream(client, f"/jobs/{job_id}/events")
+    assert stream.next_event() is not None
+    blocks = []
+    while (block := stream.next_block()) is not None:  # ends by itself
+        blocks.append(block)
+    assert ": keep-alive" in blocks
+    assert all(b == ": keep-alive" for b in blocks)
+    with limited.app_context():
+        ext.shutdown()
+
+
+@pytest.mark.usefixtures("echo")
+def test_shutdown_ends_open_streams(
+    client: FlaskClient, ae: AsyncEndpoints, app: Flask
+) -> None:
+    job_id = submit(client)
+    stream = Stream(client, f"/jobs/{job_id}/events")
+    assert stream.next_event() is not None
+    with app.app_context():
+        ae.shutdown()
+    assert stream.next_block() is None
+
+
+def test_every_progress_report_is_an_event(app: Flask) -> None:
+    """A worker thread runs the job step by step; the stream sees each step."""
+    app.config["ASYNC_ENDPOINTS_START_WORKER"] = True
+    app.config["ASYNC_ENDPOINTS_MAX_CONCURRENCY"] = 1
+    ae = AsyncEndpoints(app)
+    steps = [threading.Event() for _ in range(3)]
+
+    @ae.post("/steps", name="Steps")
+    def stepped(ctx: AsyncContext) -> str:
+        for n, step in enumerate(steps):
+            assert step.wait(10), "the test did not release the step"
+            ctx.report_progress((n + 1) / 4, f"step {n + 1}")
+        return "done"
+
+    client = app.test_client()
+    job_id = client.post("/steps").get_json()["id"]
+    stream = Stream(client, f"/jobs/{job_id}/events")
+    seen = []
+    try:
+        event = stream.next_event()
+        while event is not None and event["job"]["status"] != "InProgress":
+            event = stream.next_event()
+        for n, step in enumerate(steps):
+            step.set()
+            event = stream.next_event()
+            assert event is not None
+            seen.append(event)
+            assert event["job"]["progress"] == {
+                "fraction": (n + 1) / 4,
+                "message": f"step {n + 1}",
+            }
+        final = stream.next_event()
+        assert final is not None
+        assert final["job"]["status"] == "Completed"
+        ids = [e["id"] for e in seen] + [final["id"]]
+        assert ids == sorted(set(ids))
+    finally:
+        for step in steps:
+            step.set()
+        with app.app_context():
+            ae.shutdown()

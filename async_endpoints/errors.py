@@ -88,6 +88,11 @@ class IdempotencyConflictError(InvalidRequestError):
     """An idempotency key was reused with a different request body."""
 
 
+class CallbackRefusedError(InvalidRequestError):
+    """A ``Callback-Url`` that this app does not call: callbacks are off, the
+    host is not allowed, or it resolves to a private address."""
+
+
 class ResultError(AsyncEndpointsError, TypeError):
     """A handler returned a value that cannot be stored as the job's JSON result."""
 

@@ -204,6 +204,21 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """A worker's lease on the delivery of an ended job's callback.
+
+    :param job: the job, its ``callback.attempts`` counting this attempt.
+    :param token: the fencing token; only its holder may record the outcome.
+    :param lease_until: epoch seconds when the lease ends (then the delivery is
+        due again, in any process).
+    """
+
+    job: Job
+    token: str
+    lease_until: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HeartbeatResult:
     """What a heartbeat learned about the claims it renewed.
 

@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from async_endpoints.context import AsyncContext, Headers
 from async_endpoints.errors import (
     AsyncEndpointsError,
+    CallbackRefusedError,
     IdempotencyConflictError,
     InvalidParameterError,
     InvalidRequestError,
@@ -51,6 +52,7 @@ ERROR_MAP: Final[list[tuple[type[Exception], int, str, float | None]]] = [
     (PayloadTooLargeError, 413, "Request body too large", None),
     (ValidationError, 422, "Invalid request body", None),
     (IdempotencyConflictError, 422, "Idempotency key reused", None),
+    (CallbackRefusedError, 422, "Callback refused", None),
     (InvalidParameterError, 400, "Invalid query parameter", None),
     (InvalidRequestError, 400, "Malformed request body", None),
     (StoreUnavailableError, 503, "Job store unavailable", 5.0),

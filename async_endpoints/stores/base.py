@@ -70,6 +70,7 @@ from uuid import UUID
 
 from async_endpoints.jobs import (
     Claim,
+    Delivery,
     ErrorInfo,
     HeartbeatResult,
     Idempotency,
@@ -257,6 +258,32 @@ class JobStore(Protocol):
         One caller per store and process (the events hub): it shares the
         announcements among every stream of the process.
         """
+        ...
+
+    def claim_callbacks(
+        self, owner: str, *, limit: int, lease: float, now: float
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` due callback deliveries to ``owner``.
+
+        A job that ends (Completed, Failed, Canceled) with a Pending callback is
+        due for delivery at once, in the same atomic step that ends it. Each
+        claim counts one more attempt (``callback.attempts``) under a fresh
+        token; a delivery whose lease ends unfinished is due again (its process
+        died).
+        """
+        ...
+
+    def finish_callback(
+        self,
+        delivery: Delivery,
+        *,
+        error: str | None,
+        retry_at: float | None,
+        now: float,
+    ) -> bool:
+        """Record a delivery's outcome, only with its current token: delivered
+        (``error`` is ``None``), due again at ``retry_at``, or Failed (an
+        ``error`` and no ``retry_at``). Returns whether it applied."""
         ...
 
     def stats(self, *, now: float) -> StoreStats:

@@ -17,7 +17,10 @@ from async_endpoints.errors import (
     QueueFullError,
 )
 from async_endpoints.jobs import (
+    Callback,
+    CallbackStatus,
     Claim,
+    Delivery,
     ErrorInfo,
     HeartbeatResult,
     Idempotency,
@@ -77,6 +80,8 @@ class MemoryStore:
         self._changes: list[Job] = []
         self._changes_ready = threading.Condition(self._lock)
         self._changes_taken = False
+        # Callback deliveries by job: (due or lease end, token while leased).
+        self._deliveries: dict[UUID, tuple[float, str | None]] = {}
 
     def __repr__(self) -> str:
         return "<MemoryStore>"
@@ -102,6 +107,8 @@ class MemoryStore:
 
     def _finish(self, job: Job, ttl: float, now: float) -> Job:
         job = self._put(job)
+        if job.callback is not None and job.callback.status is CallbackStatus.PENDING:
+            self._deliveries[job.id] = (now, None)  # due at once
         self._leases.pop(job.id, None)
         self._expires_at[job.id] = now + ttl
         heapq.heappush(self._expiry, (now + ttl, job.id))
@@ -115,6 +122,7 @@ class MemoryStore:
                 self._jobs.pop(job_id, None)
                 self._finished_by.pop(job_id, None)
                 self._watched.discard(job_id)
+                self._deliveries.pop(job_id, None)
         while self._idem_expiry and self._idem_expiry[0][0] <= now:
             at, key = heapq.heappop(self._idem_expiry)
             known = self._idempotency.get(key)
@@ -497,8 +505,13 @@ class MemoryStore:
                     f"{job.status.value}."
                 )
             self._expires_at.pop(job_id, None)
+            callback = job.callback
+            if callback is not None:  # its next end is delivered anew
+                callback = Callback(url=callback.url)
+            self._deliveries.pop(job_id, None)
             queued = dataclasses.replace(
                 job,
+                callback=callback,
                 status=JobStatus.QUEUED,
                 retry_count=0,
                 due_at=now,
@@ -531,6 +544,7 @@ class MemoryStore:
             ]
             for job_id in doomed:
                 del self._jobs[job_id]
+                self._deliveries.pop(job_id, None)
                 self._expires_at.pop(job_id, None)
                 self._watched.discard(job_id)
             return len(doomed)
@@ -584,6 +598,67 @@ class MemoryStore:
                 )
             changed, self._changes = self._changes, []
         return changed
+
+    def claim_callbacks(
+        self, owner: str, *, limit: int, lease: float, now: float
+    ) -> list[Delivery]:
+        """See :meth:`JobStore.claim_callbacks`."""
+        deliveries: list[Delivery] = []
+        with self._lock:
+            self._purge(now)
+            due = sorted(
+                (at, str(job_id), job_id)
+                for job_id, (at, _) in self._deliveries.items()
+                if at <= now
+            )
+            for _, _, job_id in due[: max(0, limit)]:
+                job = self._jobs.get(job_id)
+                if job is None or job.callback is None:
+                    del self._deliveries[job_id]
+                    continue
+                callback = dataclasses.replace(
+                    job.callback, attempts=job.callback.attempts + 1
+                )
+                job = self._put(dataclasses.replace(job, callback=callback))
+                token = uuid.uuid4().hex
+                self._deliveries[job_id] = (now + lease, token)
+                deliveries.append(
+                    Delivery(job=job, token=token, lease_until=now + lease)
+                )
+        return deliveries
+
+    def finish_callback(
+        self,
+        delivery: Delivery,
+        *,
+        error: str | None,
+        retry_at: float | None,
+        now: float,
+    ) -> bool:
+        """See :meth:`JobStore.finish_callback`."""
+        job_id = delivery.job.id
+        with self._lock:
+            held = self._deliveries.get(job_id)
+            job = self._jobs.get(job_id)
+            if held is None or held[1] != delivery.token or job is None:
+                return False
+            assert job.callback is not None
+            if error is None:
+                status = CallbackStatus.DELIVERED
+            elif retry_at is None:
+                status = CallbackStatus.FAILED
+            else:
+                status = CallbackStatus.PENDING
+            callback = dataclasses.replace(
+                job.callback, status=status, last_error=error
+            )
+            self._put(dataclasses.replace(job, callback=callback))
+            if status is CallbackStatus.PENDING:
+                assert retry_at is not None
+                self._deliveries[job_id] = (retry_at, None)
+            else:
+                del self._deliveries[job_id]
+            return True
 
     def stats(self, *, now: float) -> StoreStats:
         """See :meth:`JobStore.stats`."""

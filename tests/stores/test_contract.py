@@ -18,6 +18,8 @@ from async_endpoints.errors import (
     QueueFullError,
 )
 from async_endpoints.jobs import (
+    Callback,
+    CallbackStatus,
     Claim,
     ErrorInfo,
     Idempotency,
@@ -1049,3 +1051,89 @@ def test_a_cancel_and_a_retry_of_a_watched_job_are_announced(store: JobStore) ->
     assert job_id in changes_until(store, {job_id})
     store.cancel(job_id, ttl=TTL, now=NOW)
     assert job_id in changes_until(store, {job_id})
+
+
+# -- callback deliveries ------------------------------------------------------------
+
+HOOK = Callback(url="https://hooks.example.com/done")
+
+
+def test_a_job_that_ends_with_a_callback_is_due_for_delivery(store: JobStore) -> None:
+    with_hook = submit(store, callback=HOOK)
+    without = submit(store)
+    assert store.claim_callbacks("w1", limit=10, lease=LEASE, now=NOW) == []
+    claims = store.claim("w1", limit=2, lease=LEASE, now=NOW)
+    for claim in claims:
+        store.complete(claim, {"ok": True}, ttl=TTL, now=NOW)
+    (delivery,) = store.claim_callbacks("w2", limit=10, lease=LEASE, now=NOW)
+    assert delivery.job.id == with_hook != without
+    assert delivery.job.status is JobStatus.COMPLETED
+    assert delivery.job.result == {"ok": True}
+    assert delivery.job.callback == Callback(url=HOOK.url, attempts=1)
+    # Leased: nobody else gets it while the lease lasts.
+    assert store.claim_callbacks("w3", limit=10, lease=LEASE, now=NOW + 1) == []
+    assert store.finish_callback(delivery, error=None, retry_at=None, now=NOW + 1)
+    job = store.get(with_hook, now=NOW + 1)
+    assert job is not None
+    assert job.callback == Callback(
+        url=HOOK.url, status=CallbackStatus.DELIVERED, attempts=1
+    )
+    assert job.to_dict()["callback"] == {
+        "url": HOOK.url,
+        "status": "Delivered",
+        "attempts": 1,
+        "lastError": None,
+    }
+    assert store.claim_callbacks("w2", limit=10, lease=LEASE, now=NOW + 99) == []
+
+
+def test_a_failed_delivery_is_due_again_at_its_retry_time(store: JobStore) -> None:
+    job_id = submit(store, callback=HOOK)
+    store.complete(claim_one(store), None, ttl=TTL, now=NOW)
+    (first,) = store.claim_callbacks("w1", limit=1, lease=LEASE, now=NOW)
+    assert store.finish_callback(first, error="HTTP 500", retry_at=NOW + 2, now=NOW)
+    job = store.get(job_id, now=NOW)
+    assert job is not None
+    assert job.callback == Callback(url=HOOK.url, attempts=1, last_error="HTTP 500")
+    assert store.claim_callbacks("w1", limit=1, lease=LEASE, now=NOW + 1.9) == []
+    (second,) = store.claim_callbacks("w1", limit=1, lease=LEASE, now=NOW + 2)
+    assert second.token != first.token
+    assert second.job.callback is not None
+    assert second.job.callback.attempts == 2
+    # The first attempt's token is stale: its late outcome changes nothing.
+    assert not store.finish_callback(first, error=None, retry_at=None, now=NOW + 2)
+    assert store.finish_callback(second, error="timed out", retry_at=None, now=NOW + 3)
+    job = store.get(job_id, now=NOW + 3)
+    assert job is not None
+    assert job.callback == Callback(
+        url=HOOK.url, status=CallbackStatus.FAILED, attempts=2, last_error="timed out"
+    )
+    assert store.claim_callbacks("w1", limit=1, lease=LEASE, now=NOW + 999) == []
+
+
+def test_a_delivery_whose_lease_ended_is_taken_again(store: JobStore) -> None:
+    submit(store, callback=HOOK)
+    store.complete(claim_one(store), None, ttl=TTL, now=NOW)
+    (lost,) = store.claim_callbacks("dead", limit=1, lease=LEASE, now=NOW)
+    (again,) = store.claim_callbacks("w2", limit=1, lease=LEASE, now=NOW + LEASE)
+    assert again.job.callback is not None
+    assert again.job.callback.attempts == 2
+    assert not store.finish_callback(lost, error=None, retry_at=None, now=NOW + 31)
+    assert store.finish_callback(again, error=None, retry_at=None, now=NOW + 31)
+
+
+def test_failed_and_canceled_ends_are_delivered_but_not_a_retry(
+    store: JobStore,
+) -> None:
+    retried = submit(store, callback=HOOK)
+    store.fail(claim_one(store), BOOM, retry_at=NOW + 10, ttl=TTL, now=NOW)
+    assert store.claim_callbacks("w1", limit=5, lease=LEASE, now=NOW) == []
+    failed = submit(store, callback=HOOK, max_retries=0)
+    claims = store.claim("w1", limit=5, lease=LEASE, now=NOW + 10)
+    for claim in claims:
+        store.fail(claim, BOOM, retry_at=None, ttl=TTL, now=NOW + 10)
+    canceled = submit(store, callback=HOOK, now=NOW + 10)
+    store.cancel(canceled, ttl=TTL, now=NOW + 10)
+    due = store.claim_callbacks("w1", limit=5, lease=LEASE, now=NOW + 10)
+    assert {d.job.id for d in due} == {retried, failed, canceled}
+    assert {d.job.status for d in due} == {JobStatus.FAILED, JobStatus.CANCELED}

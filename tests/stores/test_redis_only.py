@@ -19,7 +19,13 @@ from async_endpoints.errors import (
     IdempotencyConflictError,
     StoreUnavailableError,
 )
-from async_endpoints.jobs import Claim, ErrorInfo, Idempotency, JobStatus
+from async_endpoints.jobs import (
+    CallbackStatus,
+    Claim,
+    ErrorInfo,
+    Idempotency,
+    JobStatus,
+)
 from async_endpoints.stores.redis import RedisStore
 from tests.conftest import RedisServer, free_port
 from tests.stores.conftest import make_job
@@ -43,6 +49,8 @@ SCRIPTS = {
     "register_worker",
     "purge",
     "watch",
+    "callback_claim",
+    "callback_finish",
 }
 
 
@@ -225,6 +233,8 @@ def test_every_script_documents_its_keys_argv_and_reply() -> None:
 def test_status_names_in_scripts_are_job_statuses() -> None:
     folder = importlib.resources.files("async_endpoints.stores.redis").joinpath("lua")
     statuses = {status.value for status in JobStatus}
+    # A job's callback has statuses of its own, and 'Retry' is an outcome.
+    statuses |= {status.value for status in CallbackStatus} | {"Retry"}
     for name in SCRIPTS:
         code = "\n".join(
             line

@@ -15,7 +15,10 @@ from async_endpoints.errors import (
     StoreError,
 )
 from async_endpoints.jobs import (
+    Callback,
+    CallbackStatus,
     Claim,
+    Delivery,
     ErrorInfo,
     Job,
     JobStatus,
@@ -61,7 +64,13 @@ def _encode_job(job: Job) -> list[str]:
         "k": "1" if job.cancel_requested else None,
         "hb": str(job.handbacks) if job.handbacks else None,
         "v": str(job.version),
+        "tc": _dump(job.trace) if job.trace else None,
     }
+    if job.callback is not None:
+        fields["cu"] = job.callback.url
+        fields["cs"] = job.callback.status.value
+        fields["ca"] = str(job.callback.attempts) if job.callback.attempts else None
+        fields["ce"] = job.callback.last_error
     return [
         item
         for key, value in fields.items()
@@ -156,6 +165,15 @@ def _decode_job(job_id: str, flat: _Reply, claimed_at: float | None = None) -> J
         cancel_requested="k" in f,
         handbacks=int(f.get("hb", "0")),
         version=version,
+        callback=None
+        if "cu" not in f
+        else Callback(
+            url=f["cu"],
+            status=CallbackStatus(f.get("cs", "Pending")),
+            attempts=int(f.get("ca", "0")),
+            last_error=f.get("ce"),
+        ),
+        trace=json.loads(f["tc"]) if "tc" in f else {},
     )
 
 
@@ -186,3 +204,17 @@ def _lease_ms(lease: float) -> str:
 def _ttl_seconds(ttl: float) -> str:
     """A finished job's relative EXPIRE: whole seconds, at least 1."""
     return str(max(1, math.ceil(ttl)))
+
+
+def _decode_deliveries(items: Sequence[_Reply], lease_until: float) -> list[Delivery]:
+    """``id, token, fields`` triples (callback claims) into deliveries; a record
+    that cannot be read is skipped (its lease ends and it is tried again)."""
+    deliveries: list[Delivery] = []
+    for i in range(0, len(items), 3):
+        job_id, token = _str(items[i]), _str(items[i + 1])
+        try:
+            job = _decode_job(job_id, items[i + 2])
+        except (ValueError, TypeError, KeyError, IndexError):
+            continue
+        deliveries.append(Delivery(job=job, token=token, lease_until=lease_until))
+    return deliveries

@@ -31,6 +31,8 @@ _ScriptName: TypeAlias = Literal[
     "purge",
     "clock",
     "watch",
+    "callback_claim",
+    "callback_finish",
 ]
 _SCRIPT_NAMES: Final[tuple[_ScriptName, ...]] = get_args(_ScriptName)
 
@@ -61,6 +63,7 @@ class _Keys:
         self._request_prefix: Final = f"{tag}:req:"
         self._ended_prefix: Final = f"{tag}:ended:"
         self.cancels: Final = f"{tag}:cancels"
+        self.callbacks: Final = f"{tag}:callbacks"
         self.events: Final = f"{tag}:events"
         """The Pub/Sub channel (not a key) told the id of every change of a
         job that somebody follows."""

@@ -141,6 +141,7 @@ class _Leases(_Clock):
             self._keys.ready,
             self._keys.claimed,
             self._keys.wake,
+            self._keys.callbacks,
         ]
         args = [
             job_id,
@@ -196,7 +197,12 @@ class _Leases(_Clock):
         """
         if not claims:
             return
-        keys = [self._keys.ready, self._keys.claimed, self._keys.wake]
+        keys = [
+            self._keys.ready,
+            self._keys.claimed,
+            self._keys.wake,
+            self._keys.callbacks,
+        ]
         keys += [self._keys.job(c.job_id) for c in claims]
         args = [
             _num(now),

@@ -44,6 +44,7 @@ from async_endpoints.stores.redis.codec import (
     _ttl_seconds,
 )
 from async_endpoints.stores.redis.keys import _ScriptName
+from async_endpoints.stores.redis.deliveries import _Deliveries
 from async_endpoints.stores.redis.leases import _Leases
 from async_endpoints.stores.redis.queries import _Queries
 from async_endpoints.stores.redis.waits import _Waits
@@ -51,7 +52,7 @@ from async_endpoints.stores.redis.waits import _Waits
 logger = logging.getLogger(__name__)
 
 
-class RedisStore(_Waits, _Queries, _Leases):
+class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
     """Keeps jobs in Redis, shared by every process and host that uses the prefix.
 
     :param client: a ``redis.Redis`` client (one server, or the master through
@@ -155,6 +156,7 @@ class RedisStore(_Waits, _Queries, _Leases):
             self._keys.job(claim.job_id),
             self._keys.claimed,
             self._keys.request(request_id),
+            self._keys.callbacks,
         ]
         encoded = "" if result is None else _dump(result)
         args = [str(claim.job_id), claim.token, _num(now), encoded, _ttl_seconds(ttl)]
@@ -251,7 +253,7 @@ class RedisStore(_Waits, _Queries, _Leases):
         :raises JobFinishedError: the job is Completed or Failed.
         :raises StoreUnavailableError: Redis cannot be reached.
         """
-        keys = [self._keys.job(job_id), self._keys.ready]
+        keys = [self._keys.job(job_id), self._keys.ready, self._keys.callbacks]
         args = [
             str(job_id),
             _num(now),
@@ -285,7 +287,12 @@ class RedisStore(_Waits, _Queries, _Leases):
         :raises JobFinishedError: the job is not Failed.
         :raises StoreUnavailableError: Redis cannot be reached.
         """
-        keys = [self._keys.job(job_id), self._keys.ready, self._keys.wake]
+        keys = [
+            self._keys.job(job_id),
+            self._keys.ready,
+            self._keys.wake,
+            self._keys.callbacks,
+        ]
         args = [
             str(job_id),
             _num(now),

@@ -2,6 +2,8 @@
 --
 -- KEYS[1]  the job's hash        {prefix}:job:<id>  (Canceled and EXPIREd, or flagged)
 -- KEYS[2]  the waiting-jobs zset {prefix}:ready     (id removed when canceled)
+-- KEYS[3]  the callbacks zset     {prefix}:callbacks (id added, due at once, when
+--          a canceled job has a callback URL: field cu)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  now, epoch seconds (float string)
@@ -19,7 +21,7 @@
 -- Canceled) with its hash HGETALL-style; -1 = no such job ({-1});
 -- -2 = the job is Completed or Failed ({-2, status}).
 
-local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev')
+local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu')
 local status = held[1]
 if not status then
     return {-1}
@@ -43,6 +45,9 @@ elseif status ~= 'Canceled' then
     redis.call('HDEL', KEYS[1], 'd')
     redis.call('ZREM', KEYS[2], ARGV[1])
     redis.call('EXPIRE', KEYS[1], ARGV[3])
+    if held[4] then
+        redis.call('ZADD', KEYS[3], 0, ARGV[1])
+    end
     redis.call('PUBLISH', ARGV[4], 'Canceled')
     if held[3] then
         redis.call('PUBLISH', ARGV[6],

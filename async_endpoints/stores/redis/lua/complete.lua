@@ -6,6 +6,8 @@
 -- KEYS[3]  the record of the claim request that took the job
 --          {prefix}:req:<request id> (deleted: completing one of its jobs shows
 --          that the claim's reply arrived, so it will not be sent again)
+-- KEYS[4]  the callbacks zset    {prefix}:callbacks (id added, due at once, when
+--          the job has a callback URL: field cu)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  the claim token (fencing: must be the job's current token)
@@ -25,7 +27,7 @@
 -- a job's attempts) of the completion that ended the job, so that the same call
 -- sent again (its reply was lost) also answers 1 and changes nothing.
 
-local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev')
+local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'c' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
@@ -42,6 +44,9 @@ redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+if held[7] then
+    redis.call('ZADD', KEYS[4], 0, ARGV[1])
+end
 redis.call('PUBLISH', ARGV[6], status)
 if held[6] then
     redis.call('PUBLISH', ARGV[7],

@@ -6,6 +6,8 @@
 --          is never waiting, so there is nothing to remove otherwise)
 -- KEYS[3]  the leases zset       {prefix}:claimed   (id removed)
 -- KEYS[4]  the wake-up list      {prefix}:wake      (one token pushed on retry)
+-- KEYS[5]  the callbacks zset     {prefix}:callbacks (id added, due at once, when
+--          the job ends and has a callback URL: field cu)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  the claim token (fencing: must be the job's current token)
@@ -26,7 +28,7 @@
 -- a job's attempts) of the failure recorded last, so that the same call sent
 -- again (its reply was lost) also answers 1 and changes nothing.
 
-local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev')
+local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'f' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
@@ -39,6 +41,9 @@ if held[3] or ARGV[5] == '' then
     redis.call('HSET', KEYS[1], 's', status, 'x', ARGV[4], 'e', ARGV[3], 'u', ARGV[3])
     redis.call('HDEL', KEYS[1], 'd')
     redis.call('EXPIRE', KEYS[1], ARGV[6])
+    if held[7] then
+        redis.call('ZADD', KEYS[5], 0, ARGV[1])
+    end
     redis.call('PUBLISH', ARGV[7], status)
 else
     redis.call('HSET', KEYS[1], 's', 'Scheduled', 'x', ARGV[4], 'd', ARGV[5],

@@ -6,7 +6,9 @@
 -- KEYS[1]    the waiting-jobs zset  {prefix}:ready    (released ids added, score = now)
 -- KEYS[2]    the leases zset        {prefix}:claimed  (released ids removed)
 -- KEYS[3]    the wake-up list       {prefix}:wake     (one token pushed if any queued)
--- KEYS[3+i]  the i-th claimed job's hash  {prefix}:job:<id>  (Queued, or Canceled
+-- KEYS[4]    the callbacks zset     {prefix}:callbacks (a canceled job with a
+--            callback URL, field cu, is added, due at once)
+-- KEYS[4+i]  the i-th claimed job's hash  {prefix}:job:<id>  (Queued, or Canceled
 --            and EXPIREd)
 --
 -- ARGV[1]      now, epoch seconds (float string)
@@ -23,10 +25,10 @@
 -- are skipped).
 
 local released, queued = 0, 0
-for i = 4, #KEYS do
-    local n = i - 3
+for i = 5, #KEYS do
+    local n = i - 4
     local id, token = ARGV[2 * n + 4], ARGV[2 * n + 5]
-    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k', 'v', 'ev')
+    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k', 'v', 'ev', 'cu')
     if held[1] == 'InProgress' and held[2] == token then
         redis.call('HDEL', KEYS[i], 't', 'w')
         local version = (tonumber(held[4]) or 0) + 1
@@ -35,6 +37,9 @@ for i = 4, #KEYS do
             redis.call('HSET', KEYS[i], 's', 'Canceled', 'e', ARGV[1], 'u', ARGV[1],
                 'v', version)
             redis.call('EXPIRE', KEYS[i], ARGV[2])
+            if held[6] then
+                redis.call('ZADD', KEYS[4], 0, id)
+            end
             redis.call('PUBLISH', ARGV[3] .. id, 'Canceled')
         else
             redis.call('HSET', KEYS[i], 's', 'Queued', 'd', ARGV[1], 'u', ARGV[1],

@@ -3,6 +3,8 @@
 -- KEYS[1]  the job's hash        {prefix}:job:<id>  (Queued again, expiry removed)
 -- KEYS[2]  the waiting-jobs zset {prefix}:ready     (id added, score = now)
 -- KEYS[3]  the wake-up list      {prefix}:wake      (one token pushed)
+-- KEYS[4]  the callbacks zset     {prefix}:callbacks (a delivery still under way
+--          is dropped: the job's callback is Pending again, for its next end)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  now, epoch seconds (float string)
@@ -14,7 +16,7 @@
 -- Returns {1, fields} with the job's hash HGETALL-style; {-1} when there is no
 -- such job; {-2, status} when the job is not Failed.
 
-local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev')
+local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu')
 local status = held[1]
 if not status then
     return {-1}
@@ -26,6 +28,11 @@ redis.call('PERSIST', KEYS[1])
 redis.call('HSET', KEYS[1], 's', 'Queued', 'd', ARGV[2], 'u', ARGV[2],
     'v', (tonumber(held[2]) or 0) + 1)
 redis.call('HDEL', KEYS[1], 'a', 'e')
+if held[4] then  -- its next end is delivered anew
+    redis.call('HSET', KEYS[1], 'cs', 'Pending')
+    redis.call('HDEL', KEYS[1], 'ca', 'ce', 'ct')
+    redis.call('ZREM', KEYS[4], ARGV[1])
+end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 if redis.call('LPUSH', KEYS[3], '1') > 64 then
     redis.call('LTRIM', KEYS[3], 0, 63)

@@ -1,0 +1,233 @@
+"""Completion callbacks: which ``Callback-Url`` is accepted, and how one
+delivery is sent and signed (Standard Webhooks). Flask-free.
+
+A delivery is work in the store (:meth:`JobStore.claim_callbacks`): leased,
+fenced by a token, retried with backoff, recovered when its process dies. This
+module only checks addresses and makes the HTTP request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import socket
+import ssl
+import time
+from typing import Final
+from urllib.parse import urlsplit
+
+import urllib3
+
+from async_endpoints.errors import CallbackRefusedError
+from async_endpoints.jobs import Delivery, Job, JobStatus, format_timestamp
+from async_endpoints.settings import PREFIX, Settings
+
+TIMEOUT_SECONDS: Final = 5.0
+"""Connect and read timeout of one delivery, each."""
+MAX_DELAY_SECONDS: Final = 300.0
+"""Longest wait between two attempts."""
+MAX_URL_LENGTH: Final = 2048
+
+_EVENT_TYPES: Final = {
+    JobStatus.COMPLETED: "job.completed",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELED: "job.canceled",
+}
+
+
+class _Refused(Exception):
+    """A delivery that cannot be attempted (no allowed address)."""
+
+
+def check_callback_url(url: str, settings: Settings) -> str:
+    """The ``Callback-Url`` to store, once checked (host allowed, address public
+    unless private ones are allowed).
+
+    :raises CallbackRefusedError: callbacks are off, or the URL is refused; the
+        message says why.
+    """
+    if not settings.callback_hosts:
+        raise CallbackRefusedError(
+            "Callbacks are off on this server (ASYNC_ENDPOINTS_CALLBACK_HOSTS is "
+            "empty); poll the job or follow its events instead."
+        )
+    url = url.strip()
+    parts = urlsplit(url)
+    if len(url) > MAX_URL_LENGTH or parts.scheme not in ("http", "https"):
+        raise CallbackRefusedError(
+            "Callback-Url must be an absolute http or https URL."
+        )
+    if parts.username is not None or parts.password is not None:
+        raise CallbackRefusedError("Callback-Url may not carry credentials.")
+    host = _host(url)
+    if host not in settings.callback_hosts:
+        raise CallbackRefusedError(
+            f"The host {host!r} is not one this server sends callbacks to."
+        )
+    try:
+        allowed_addresses(url, settings)
+    except _Refused as exc:
+        raise CallbackRefusedError(str(exc)) from None
+    return url
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises for a malformed port
+    except ValueError:
+        raise CallbackRefusedError("Callback-Url has a malformed port.") from None
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        raise CallbackRefusedError("Callback-Url has no host.")
+    return host
+
+
+def allowed_addresses(url: str, settings: Settings) -> list[str]:
+    """The addresses of the URL's host that may be called, in resolver order.
+
+    :raises _Refused: it does not resolve, or only to refused addresses.
+    """
+    parts = urlsplit(url)
+    host = _host(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise _Refused(f"The callback host {host!r} cannot be resolved: {exc}") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    allowed = [
+        a for a in addresses if settings.callback_allow_private or _public(a)
+    ]
+    if not allowed:
+        raise _Refused(
+            f"The callback host {host!r} resolves to a loopback, private or "
+            f"link-local address; set {PREFIX}CALLBACK_ALLOW_PRIVATE = True to "
+            "allow it."
+        )
+    return allowed
+
+
+def _public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def message_id(job: Job) -> str:
+    """The ``webhook-id`` of a job's delivery: the same for every attempt of it,
+    another for the job's next end (after an operator's retry)."""
+    ended = round((job.completed_at or 0.0) * 1000)
+    return f"msg_{job.id.hex}_{ended}"
+
+
+def payload(job: Job, *, expose_traceback: bool) -> bytes:
+    """The JSON body: the event type, when the job ended, and the job."""
+    body = {
+        "type": _EVENT_TYPES.get(job.status, "job.ended"),
+        "timestamp": format_timestamp(job.completed_at),
+        "data": job.to_dict(expose_traceback=expose_traceback),
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header: ``v1,`` and the base64 HMAC-SHA256 of
+    ``"<id>.<timestamp>.<body>"`` keyed by the UTF-8 bytes of ``secret``."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret.encode(), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next attempt after ``attempts`` failed: 2, 4, 8, ...
+    capped at 5 minutes."""
+    return float(min(MAX_DELAY_SECONDS, 2.0 ** min(attempts, 20)))
+
+
+def send(delivery: Delivery, settings: Settings, *, timeout: float) -> str | None:
+    """POST the delivery once; ``None`` on a 2xx answer, else why it failed.
+
+    The host is resolved here and the connection made to an allowed address
+    (with the host name in ``Host`` and for TLS), so an answer of the resolver
+    that changed since the submission cannot reach inside. No redirect is
+    followed and nothing is retried here.
+    """
+    job = delivery.job
+    assert job.callback is not None
+    secret = settings.callback_secret or ""
+    url = job.callback.url
+    parts = urlsplit(url)
+    try:
+        addresses = allowed_addresses(url, settings)
+    except (_Refused, CallbackRefusedError) as exc:
+        return str(exc)
+    body = payload(job, expose_traceback=settings.expose_tracebacks)
+    msg_id = message_id(job)
+    stamp = int(time.time())
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    headers = {
+        "Host": parts.netloc.rpartition("@")[2],
+        "Content-Type": "application/json",
+        "User-Agent": "async-endpoints-callback",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": sign(secret, msg_id, stamp, body),
+    }
+    host = _host(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    limits = urllib3.Timeout(connect=timeout, read=timeout)
+    pool: urllib3.HTTPConnectionPool
+    if parts.scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(
+            addresses[0],
+            port,
+            timeout=limits,
+            retries=False,
+            server_hostname=host,
+            assert_hostname=host,
+            ssl_context=ssl.create_default_context(),
+        )
+    else:
+        pool = urllib3.HTTPConnectionPool(
+            addresses[0], port, timeout=limits, retries=False
+        )
+    try:
+        response = pool.urlopen(
+            "POST",
+            target,
+            body=body,
+            headers=headers,
+            redirect=False,
+            retries=False,
+            assert_same_host=False,
+            preload_content=False,
+        )
+        status = response.status
+        response.drain_conn()
+        response.release_conn()
+    except urllib3.exceptions.HTTPError as exc:
+        return f"{type(exc).__name__}: {_reason(exc)}"
+    finally:
+        pool.close()
+    if 200 <= status < 300:
+        return None
+    return f"HTTP {status}"
+
+
+def _reason(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason if reason is not None else exc)[:200]

@@ -7,6 +7,7 @@ runs the handler with retries and backoff; the client polls the job's status.
 from async_endpoints.context import AsyncContext, CancelEvent
 from async_endpoints.errors import (
     AsyncEndpointsError,
+    CallbackRefusedError,
     ConfigurationError,
     HandBack,
     IdempotencyConflictError,
@@ -24,13 +25,23 @@ from async_endpoints.errors import (
     ValidationError,
 )
 from async_endpoints.extension import AsyncEndpoints
-from async_endpoints.jobs import ErrorInfo, Job, JobStatus, Progress
+from async_endpoints.jobs import (
+    Callback,
+    CallbackStatus,
+    ErrorInfo,
+    Job,
+    JobStatus,
+    Progress,
+)
 from async_endpoints.stores import JobStore, MemoryStore
 
 __all__ = [
     "AsyncContext",
     "AsyncEndpoints",
     "AsyncEndpointsError",
+    "Callback",
+    "CallbackRefusedError",
+    "CallbackStatus",
     "CancelEvent",
     "ConfigurationError",
     "ErrorInfo",

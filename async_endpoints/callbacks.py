@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import socket
 import ssl
 import time
@@ -21,9 +22,12 @@ from urllib.parse import urlsplit
 
 import urllib3
 
-from async_endpoints.errors import CallbackRefusedError
+from async_endpoints.errors import CallbackRefusedError, StoreError
 from async_endpoints.jobs import Delivery, Job, JobStatus, format_timestamp
 from async_endpoints.settings import PREFIX, Settings
+from async_endpoints.stores.base import JobStore
+
+logger = logging.getLogger(__name__)
 
 TIMEOUT_SECONDS: Final = 5.0
 """Connect and read timeout of one delivery, each."""
@@ -38,7 +42,7 @@ _EVENT_TYPES: Final = {
 }
 
 
-class _Refused(Exception):
+class _RefusedError(Exception):
     """A delivery that cannot be attempted (no allowed address)."""
 
 
@@ -69,7 +73,7 @@ def check_callback_url(url: str, settings: Settings) -> str:
         )
     try:
         allowed_addresses(url, settings)
-    except _Refused as exc:
+    except _RefusedError as exc:
         raise CallbackRefusedError(str(exc)) from None
     return url
 
@@ -89,7 +93,7 @@ def _host(url: str) -> str:
 def allowed_addresses(url: str, settings: Settings) -> list[str]:
     """The addresses of the URL's host that may be called, in resolver order.
 
-    :raises _Refused: it does not resolve, or only to refused addresses.
+    :raises _RefusedError: it does not resolve, or only to refused addresses.
     """
     parts = urlsplit(url)
     host = _host(url)
@@ -97,13 +101,13 @@ def allowed_addresses(url: str, settings: Settings) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise _Refused(f"The callback host {host!r} cannot be resolved: {exc}") from None
+        raise _RefusedError(
+            f"The callback host {host!r} cannot be resolved: {exc}"
+        ) from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    allowed = [
-        a for a in addresses if settings.callback_allow_private or _public(a)
-    ]
+    allowed = [a for a in addresses if settings.callback_allow_private or _public(a)]
     if not allowed:
-        raise _Refused(
+        raise _RefusedError(
             f"The callback host {host!r} resolves to a loopback, private or "
             f"link-local address; set {PREFIX}CALLBACK_ALLOW_PRIVATE = True to "
             "allow it."
@@ -171,7 +175,7 @@ def send(delivery: Delivery, settings: Settings, *, timeout: float) -> str | Non
     parts = urlsplit(url)
     try:
         addresses = allowed_addresses(url, settings)
-    except (_Refused, CallbackRefusedError) as exc:
+    except (_RefusedError, CallbackRefusedError) as exc:
         return str(exc)
     body = payload(job, expose_traceback=settings.expose_tracebacks)
     msg_id = message_id(job)
@@ -231,3 +235,67 @@ def send(delivery: Delivery, settings: Settings, *, timeout: float) -> str | Non
 def _reason(exc: Exception) -> str:
     reason = getattr(exc, "reason", None)
     return str(reason if reason is not None else exc)[:200]
+
+
+def deliver_due(
+    store: JobStore, settings: Settings, owner: str, *, limit: int
+) -> tuple[int, float | None]:
+    """Claim up to ``limit`` due deliveries, send each once, record each outcome.
+
+    :returns: how many were tried, and the earliest retry time they set (epoch
+        seconds), if any.
+    :raises StoreUnavailableError: the claim could not reach the store.
+    """
+    lease = settings.claim_timeout_seconds
+    deliveries = store.claim_callbacks(owner, limit=limit, lease=lease, now=time.time())
+    earliest: float | None = None
+    for delivery in deliveries:
+        retry_at = deliver(store, settings, delivery, lease=lease)
+        if retry_at is not None and (earliest is None or retry_at < earliest):
+            earliest = retry_at
+    return len(deliveries), earliest
+
+
+def deliver(
+    store: JobStore, settings: Settings, delivery: Delivery, *, lease: float
+) -> float | None:
+    """Send one delivery and record its outcome; return when it is due again
+    (``None``: delivered, or no attempt left)."""
+    job = delivery.job
+    assert job.callback is not None
+    attempts = job.callback.attempts
+    try:
+        # Within the lease, so that no second worker sends it while this one does.
+        error = send(delivery, settings, timeout=min(TIMEOUT_SECONDS, lease / 3))
+    except Exception as exc:  # a bug here must not stop the other deliveries
+        logger.exception("sending the callback of job %s failed", job.id)
+        error = f"{type(exc).__name__}: {exc}"[:200]
+    retry_at = None
+    if error is None:
+        logger.info("callback of job %s delivered (attempt %d)", job.id, attempts)
+    else:
+        if attempts < settings.callback_max_attempts:
+            retry_at = time.time() + retry_delay(attempts)
+        logger.warning(
+            "callback of job %s failed (attempt %d of %d): %s%s",
+            job.id,
+            attempts,
+            settings.callback_max_attempts,
+            error,
+            "" if retry_at is not None else "; no attempt left",
+        )
+    try:
+        applied = store.finish_callback(
+            delivery, error=error, retry_at=retry_at, now=time.time()
+        )
+    except StoreError as exc:
+        logger.warning(
+            "recording the callback of job %s failed (%s); it is tried again when "
+            "its lease ends",
+            job.id,
+            exc,
+        )
+        return time.time() + lease
+    if not applied:
+        logger.warning("the callback delivery of job %s was taken over", job.id)
+    return retry_at

@@ -300,6 +300,7 @@ class AsyncEndpoints:
         route_params: dict[str, str] | None = None,
         query_params: dict[str, list[str]] | None = None,
         owner: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Queue a job for the handler ``name`` from Python (needs an app context).
 
@@ -310,7 +311,10 @@ class AsyncEndpoints:
         :param payload: the request body (JSON data or a ``request_model`` instance).
         :param owner: the job's owner; by default the ``@job_owner`` function's
             answer inside a request, else none.
+        :param callback_url: receives one signed ``POST`` when the job ends (its
+            host must be in ``ASYNC_ENDPOINTS_CALLBACK_HOSTS``).
         :raises QueueFullError: the queue is full (``retry_after`` says when to retry).
+        :raises CallbackRefusedError: ``callback_url`` is not one to call.
         """
         state = self._state()
         if owner is None:
@@ -322,6 +326,7 @@ class AsyncEndpoints:
             route_params=route_params,
             query_params=query_params,
             owner=owner,
+            callback_url=callback_url,
         )
         # No worker is started here: a script or CLI command that submits and
         # exits would strand the jobs its worker claimed. Workers start on the

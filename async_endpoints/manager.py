@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
+from async_endpoints import tracing
+from async_endpoints.callbacks import check_callback_url, deliver_due
 from async_endpoints.context import AsyncContext, CancelEvent, Headers
 from async_endpoints.errors import (
     ConfigurationError,
@@ -34,6 +36,7 @@ from async_endpoints.errors import (
     StoreUnavailableError,
 )
 from async_endpoints.jobs import (
+    Callback,
     Claim,
     ErrorInfo,
     HeartbeatResult,
@@ -140,6 +143,8 @@ class JobManager:
         # retry, and a user's cancel must reach both.
         self._running: dict[UUID, list[CancelEvent]] = {}
         self._running_lock = threading.Lock()
+        # Set when a job with a callback ended here: its delivery is due.
+        self.callbacks_due = threading.Event()
 
     # -- submitting and reading ------------------------------------------------
 
@@ -179,17 +184,23 @@ class JobManager:
         owner: str | None = None,
         idempotency_key: str | None = None,
         payload_is_json: bool = False,
+        callback_url: str | None = None,
     ) -> Job:
         """Queue a job for the handler ``name``; return it (or the idempotent twin).
 
         :param payload_is_json: the payload came from a strict JSON parser, so it
             need not be converted and checked again.
+        :param callback_url: receives a signed POST when the job ends.
+        :raises CallbackRefusedError: the callback URL is not one to call.
 
         :raises QueueFullError: the queue is full.
         :raises IdempotencyConflictError: the key was used with another request.
         :raises InvalidRequestError: the payload cannot be stored as JSON.
         """
         spec = self.spec(name)
+        callback = None
+        if callback_url is not None:
+            callback = Callback(url=check_callback_url(callback_url, self.settings))
         try:
             body = payload if payload_is_json else to_json(payload)
         except TypeError as exc:
@@ -213,6 +224,8 @@ class JobManager:
             route_params=route,
             query_params=query,
             owner=owner,
+            callback=callback,
+            trace=tracing.submission_context(headers),
         )
         idempotency = None
         if idempotency_key is not None:
@@ -300,6 +313,8 @@ class JobManager:
         )
         if job.status is JobStatus.IN_PROGRESS:
             self.signal_cancel([job_id])
+        elif job.callback is not None:
+            self.callbacks_due.set()
         return job
 
     def retry(self, job_id: UUID) -> Job:
@@ -445,7 +460,8 @@ class JobManager:
         self._emit("started", job, attempt=job.attempt)
         try:
             try:
-                value = self._call(claim, event)
+                with tracing.attempt_span(job):
+                    value = self._call(claim, event)
                 result = to_json(value, max_bytes=self.settings.max_result_bytes)
             except HandBack:
                 if not _decided(event, log):
@@ -648,6 +664,8 @@ class JobManager:
         return applied
 
     def _emit(self, event: str, job: Job, **details: Any) -> None:
+        if job.callback is not None and event in ("succeeded", "failed"):
+            self.callbacks_due.set()
         if self._on_event is None:
             return
         try:
@@ -680,11 +698,13 @@ class JobManager:
         return len(claims)
 
     def run_due_jobs(self, owner: str) -> int:
-        """Recover expired leases, then run every job due now in this thread."""
+        """Recover expired leases, then run every job due now in this thread,
+        then send the callback deliveries due (once each)."""
         self.recover_expired(owner, limit=_BATCH)
         claims = self.claim(owner, _BATCH)
         for claim in claims:
             self.run(claim)
+        deliver_due(self.store, self.settings, owner, limit=_BATCH)
         return len(claims)
 
     # -- helpers ---------------------------------------------------------------

@@ -268,6 +268,7 @@ def submit_view(
                 query_params=query,
                 owner=owner,
                 idempotency_key=key,
+                callback_url=headers.get("callback-url"),
             )
         ext._ensure_worker(state)
         wait = wait_seconds(headers.get("prefer"), state.settings.max_wait_seconds)

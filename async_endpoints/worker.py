@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import tenacity
 
+from async_endpoints.callbacks import deliver_due
 from async_endpoints.context import CancelEvent
 from async_endpoints.errors import StoreError
 from async_endpoints.jobs import Claim
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 # How long stop() waits, after telling handlers ``shutdown``, for those that stop
 # early to return (to log or save what they must); their results are not recorded.
 _TOLD_GRACE = 1.0
+_CALLBACK_BATCH = 1
+"""Callback deliveries claimed at once: one, sent within its lease (a claim of
+several, sent one after another, could outlast the later ones' leases)."""
 # How often a worker measures the store's clock again (its own may be stepped).
 _CLOCK_SYNC_SECONDS = 60.0
 _BACKOFF = tenacity.wait_exponential(multiplier=0.1, max=5.0)
@@ -96,6 +100,16 @@ class Worker:
                 target=self._keep_alive, name=f"{name}-heartbeat", daemon=True
             ),
         ]
+        if settings.callback_hosts:
+            # Deliveries on their own thread: a slow receiver (up to the timeout)
+            # holds up no job.
+            self._threads.append(
+                threading.Thread(
+                    target=self._deliver_callbacks,
+                    name=f"{name}-callbacks",
+                    daemon=True,
+                )
+            )
         self._started = False
 
     def __repr__(self) -> str:
@@ -138,6 +152,7 @@ class Worker:
         if grace is None:
             grace = self.manager.settings.shutdown_grace_seconds
         self._stopping.set()
+        self.manager.callbacks_due.set()  # the delivery thread sees the stop
         if not self._started:
             return
         atexit.unregister(self._at_exit)
@@ -402,6 +417,42 @@ class Worker:
                     wait,
                     exc_info=failures == 1,
                 )
+
+    def _deliver_callbacks(self) -> None:
+        """Send the callback deliveries that are due: at once when a job with a
+        callback ends here, when a retry this process scheduled falls due, and
+        every sweep interval (deliveries of other processes, and of dead ones)."""
+        settings = self.manager.settings
+        due = self.manager.callbacks_due
+        retry_at: float | None = None
+        failures = 0
+        while not self._stopping.is_set():
+            due.clear()
+            try:
+                tried, soonest = deliver_due(
+                    self.manager.store, settings, self.owner, limit=_CALLBACK_BATCH
+                )
+            except Exception:
+                failures += 1
+                delay = _backoff(failures)
+                logger.warning(
+                    "claiming callback deliveries failed; retrying in %.1f s",
+                    delay,
+                    exc_info=failures == 1,
+                )
+                self._stopping.wait(delay)
+                continue
+            failures = 0
+            if soonest is not None:
+                retry_at = soonest if retry_at is None else min(retry_at, soonest)
+            if tried:
+                continue  # more may be due
+            wait = _jittered(settings.sweep_interval_seconds)
+            if retry_at is not None:
+                wait = min(wait, max(0.0, retry_at - time.time()))
+            due.wait(wait)
+            if retry_at is not None and retry_at <= time.time():
+                retry_at = None
 
     def _listen_for_cancels(self) -> None:
         """Tell this process's runs of a cancel made in another process at once,

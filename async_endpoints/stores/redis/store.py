@@ -43,8 +43,8 @@ from async_endpoints.stores.redis.codec import (
     _str,
     _ttl_seconds,
 )
-from async_endpoints.stores.redis.keys import _ScriptName
 from async_endpoints.stores.redis.deliveries import _Deliveries
+from async_endpoints.stores.redis.keys import _ScriptName
 from async_endpoints.stores.redis.leases import _Leases
 from async_endpoints.stores.redis.queries import _Queries
 from async_endpoints.stores.redis.waits import _Waits

@@ -381,7 +381,9 @@ def _stream(
             yield ": following\n\n"
         if job.status.is_finished:
             return
-        sent = job.version if last is None else max(job.version, last)
+        # A Last-Event-ID from ahead of the job (another store, a typo) is not
+        # trusted to hold back the job's next states.
+        sent = job.version if last is None or last > job.version else last
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or follower.stopped:
@@ -402,7 +404,7 @@ def _stream(
                         return
                     if item is None:  # expired or purged
                         return
-                if item.version > sent:
+                if item.version > sent or item.status.is_finished:
                     sent = item.version
                     yield event(item)
                     if item.status.is_finished:

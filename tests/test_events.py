@@ -247,3 +247,17 @@ def test_every_progress_report_is_an_event(app: Flask) -> None:
             step.set()
         with app.app_context():
             ae.shutdown()
+
+
+@pytest.mark.usefixtures("echo")
+def test_a_last_event_id_from_ahead_of_the_job_still_gets_its_states(
+    client: FlaskClient, ae: AsyncEndpoints, app: Flask
+) -> None:
+    job_id = submit(client)
+    stream = Stream(client, f"/jobs/{job_id}/events", **{"Last-Event-ID": "99"})
+    with app.app_context():
+        ae.run_due_jobs()
+    event = stream.next_event()
+    assert event is not None
+    assert event["job"]["status"] == "Completed"
+    assert stream.next_block() is None

@@ -130,7 +130,24 @@ def test_a_full_lifecycle_leaves_only_tagged_expected_keys(
             "{life}:claimed",
             "{life}:wake",
             "{life}:idem:Echo:-:k1",
+            "{life}:ix:n:Echo",
+            "{life}:ix:finished",
+            *(f"{{life}}:ix:s:{s}" for s in ("Queued", "InProgress")),
+            *(f"{{life}}:ix:s:{s}" for s in ("Completed", "Failed", "Canceled")),
         }
+        # The status indexes hold each job once, under its status now.
+        assert ids_in(real_client, "{life}:ix:s:Queued") == {
+            str(released),
+            str(once.id),
+        }
+        assert ids_in(real_client, "{life}:ix:s:InProgress") == {str(running)}
+        assert ids_in(real_client, "{life}:ix:s:Completed") == {str(done), str(retried)}
+        assert ids_in(real_client, "{life}:ix:s:Failed") == {str(failed)}
+        assert ids_in(real_client, "{life}:ix:s:Canceled") == {
+            str(canceled),
+            str(stopped),
+        }
+        assert ids_in(real_client, "{life}:ix:n:Echo") == {str(j) for j in jobs}
         assert all(k.startswith("{life}:") for k in keys)
         assert len({key_slot(k.encode()) for k in keys}) == 1
         assert ids_in(real_client, "{life}:ready") == {str(released), str(once.id)}

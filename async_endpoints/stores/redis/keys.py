@@ -64,6 +64,12 @@ class _Keys:
         self._ended_prefix: Final = f"{tag}:ended:"
         self.cancels: Final = f"{tag}:cancels"
         self.callbacks: Final = f"{tag}:callbacks"
+        self.status_prefix: Final = f"{tag}:ix:s:"
+        self.owners: Final = f"{tag}:ix:owners"
+        self.finished: Final = f"{tag}:ix:finished"
+        """Jobs that ended, per minute (hash: epoch minute -> count)."""
+        self._name_prefix: Final = f"{tag}:ix:n:"
+        self._owner_prefix: Final = f"{tag}:ix:o:"
         self.events: Final = f"{tag}:events"
         """The Pub/Sub channel (not a key) told the id of every change of a
         job that somebody follows."""
@@ -74,6 +80,18 @@ class _Keys:
     def request(self, request_id: str) -> str:
         """The record of what a claim request took (so that it can be re-sent)."""
         return f"{self._request_prefix}{request_id}"
+
+    def status_index(self, status: str) -> str:
+        """The jobs of one status, by creation time (zset)."""
+        return f"{self.status_prefix}{status}"
+
+    def name_index(self, name: str) -> str:
+        """The jobs of one handler, by creation time (zset)."""
+        return f"{self._name_prefix}{name}"
+
+    def owner_index(self, owner: str) -> str:
+        """The jobs of one owner, by creation time (zset)."""
+        return f"{self._owner_prefix}{owner}"
 
     def idem(self, key: str) -> str:
         return f"{self._idem_prefix}{key}"

@@ -85,8 +85,14 @@ class _Leases(_Clock):
             _lease_ms(lease),
             self._keys.events,
         ]
-        keys = [self._keys.ready, self._keys.claimed, self._keys.job_prefix]
-        return [*keys, self._keys.request(request_id)], args
+        keys = [
+            self._keys.ready,
+            self._keys.claimed,
+            self._keys.job_prefix,
+            self._keys.request(request_id),
+            self._keys.status_prefix,
+        ]
+        return keys, args
 
     def _claimed(self, raw: _Reply, now: float, lease: float) -> list[Claim]:
         """A claim's reply: each job as it was, with the claim's changes applied
@@ -142,6 +148,8 @@ class _Leases(_Clock):
             self._keys.claimed,
             self._keys.wake,
             self._keys.callbacks,
+            self._keys.status_prefix,
+            self._keys.finished,
         ]
         args = [
             job_id,
@@ -202,6 +210,8 @@ class _Leases(_Clock):
             self._keys.claimed,
             self._keys.wake,
             self._keys.callbacks,
+            self._keys.status_prefix,
+            self._keys.finished,
         ]
         keys += [self._keys.job(c.job_id) for c in claims]
         args = [

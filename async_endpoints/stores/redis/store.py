@@ -85,14 +85,33 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
         stored = dataclasses.replace(
             job, status=JobStatus.QUEUED, due_at=now, last_updated_at=now, version=1
         )
-        keys = [self._keys.job(job.id), self._keys.ready, self._keys.wake]
         record = ttl_ms = ""
+        idem = self._keys.idem("")
         if idempotency is not None:
-            keys += [self._keys.idem(idempotency.key), self._keys.job_prefix]
+            idem = self._keys.idem(idempotency.key)
             record = f"{job.id}:{idempotency.fingerprint}"
             ttl_ms = str(max(1, math.ceil(idempotency.ttl * 1000)))
+        keys = [
+            self._keys.job(job.id),
+            self._keys.ready,
+            self._keys.wake,
+            idem,
+            self._keys.job_prefix,
+            self._keys.status_index(JobStatus.QUEUED),
+            self._keys.name_index(job.name),
+            self._keys.owner_index(job.owner or ""),
+            self._keys.owners,
+        ]
         due = _num(self._server(now))
-        args = [str(max_queue_size), due, str(job.id), record, ttl_ms]
+        args = [
+            str(max_queue_size),
+            due,
+            str(job.id),
+            record,
+            ttl_ms,
+            job.owner or "",
+            _num(job.created_at),
+        ]
         reply = _list(self._call("submit", keys, args + _encode_job(stored)))
         code = _int(reply[0])
         if code == -1:
@@ -157,6 +176,8 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.claimed,
             self._keys.request(request_id),
             self._keys.callbacks,
+            self._keys.status_prefix,
+            self._keys.finished,
         ]
         encoded = "" if result is None else _dump(result)
         args = [str(claim.job_id), claim.token, _num(now), encoded, _ttl_seconds(ttl)]
@@ -253,7 +274,13 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
         :raises JobFinishedError: the job is Completed or Failed.
         :raises StoreUnavailableError: Redis cannot be reached.
         """
-        keys = [self._keys.job(job_id), self._keys.ready, self._keys.callbacks]
+        keys = [
+            self._keys.job(job_id),
+            self._keys.ready,
+            self._keys.callbacks,
+            self._keys.status_prefix,
+            self._keys.finished,
+        ]
         args = [
             str(job_id),
             _num(now),
@@ -292,6 +319,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.ready,
             self._keys.wake,
             self._keys.callbacks,
+            self._keys.status_prefix,
         ]
         args = [
             str(job_id),

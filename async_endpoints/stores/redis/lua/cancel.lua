@@ -4,6 +4,10 @@
 -- KEYS[2]  the waiting-jobs zset {prefix}:ready     (id removed when canceled)
 -- KEYS[3]  the callbacks zset     {prefix}:callbacks (id added, due at once, when
 --          a canceled job has a callback URL: field cu)
+-- KEYS[4]  the status indexes' prefix "{prefix}:ix:s:" (a waiting job's id
+--          moves to Canceled, score = field c)
+-- KEYS[5]  the finished-per-minute counts {prefix}:ix:finished (hash; the
+--          field floor(now / 60) raised by one when the job ends here)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  now, epoch seconds (float string)
@@ -21,7 +25,7 @@
 -- Canceled) with its hash HGETALL-style; -1 = no such job ({-1});
 -- -2 = the job is Completed or Failed ({-2, status}).
 
-local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu')
+local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu', 'c')
 local status = held[1]
 if not status then
     return {-1}
@@ -44,6 +48,9 @@ elseif status ~= 'Canceled' then
         'v', version)
     redis.call('HDEL', KEYS[1], 'd')
     redis.call('ZREM', KEYS[2], ARGV[1])
+    redis.call('ZREM', KEYS[4] .. status, ARGV[1])
+    redis.call('ZADD', KEYS[4] .. 'Canceled', tonumber(held[5]) or 0, ARGV[1])
+    redis.call('HINCRBY', KEYS[5], math.floor(tonumber(ARGV[2]) / 60), 1)
     redis.call('EXPIRE', KEYS[1], ARGV[3])
     if held[4] then
         redis.call('ZADD', KEYS[3], 0, ARGV[1])

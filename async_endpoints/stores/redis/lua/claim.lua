@@ -7,6 +7,8 @@
 --          so the same Cluster slot); each claimed hash becomes InProgress.
 -- KEYS[4]  the request's record    {prefix}:req:<request id>  (string "id,id,..."
 --          of the jobs this request claimed, PX = ARGV[7]; read, then SET)
+-- KEYS[5]  the status indexes' prefix "{prefix}:ix:s:" (a claimed id moves from
+--          KEYS[5] .. its old status to KEYS[5] .. 'InProgress', score = field c)
 --
 -- ARGV[1]  now on Redis's clock, epoch seconds (float string): jobs whose score
 --          is at or before it are taken
@@ -65,11 +67,13 @@ while n < limit do
         -- The hash as it was: the caller applies the claim's changes to it (status
         -- InProgress, started and updated now, no due time), saving a read.
         local fields = redis.call('HGETALL', key)
-        local status, version, watched
+        local status, version, watched, created
         for i = 1, #fields, 2 do
             local name = fields[i]
             if name == 's' then
                 status = fields[i + 1]
+            elseif name == 'c' then
+                created = fields[i + 1]
             elseif name == 'v' then
                 version = fields[i + 1]
             elseif name == 'ev' then
@@ -87,6 +91,8 @@ while n < limit do
                     cjson.encode({id, redis.call('HGETALL', key)}))
             end
             redis.call('ZADD', KEYS[2], ARGV[3], id)
+            redis.call('ZREM', KEYS[5] .. status, id)
+            redis.call('ZADD', KEYS[5] .. 'InProgress', tonumber(created) or 0, id)
             out[#out + 1] = id
             out[#out + 1] = token
             out[#out + 1] = fields

@@ -8,6 +8,10 @@
 --          that the claim's reply arrived, so it will not be sent again)
 -- KEYS[4]  the callbacks zset    {prefix}:callbacks (id added, due at once, when
 --          the job has a callback URL: field cu)
+-- KEYS[5]  the status indexes' prefix "{prefix}:ix:s:" (the id moves from
+--          InProgress to the final status, score = field c)
+-- KEYS[6]  the finished-per-minute counts {prefix}:ix:finished (hash; the
+--          field floor(now / 60) raised by one)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  the claim token (fencing: must be the job's current token)
@@ -27,7 +31,7 @@
 -- a job's attempts) of the completion that ended the job, so that the same call
 -- sent again (its reply was lost) also answers 1 and changes nothing.
 
-local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu')
+local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu', 'c')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'c' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
@@ -42,6 +46,9 @@ if stored then
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[5] .. 'InProgress', ARGV[1])
+redis.call('ZADD', KEYS[5] .. status, tonumber(held[8]) or 0, ARGV[1])
+redis.call('HINCRBY', KEYS[6], math.floor(tonumber(ARGV[3]) / 60), 1)
 redis.call('DEL', KEYS[3])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 if held[7] then

@@ -8,6 +8,10 @@
 -- KEYS[4]  the wake-up list      {prefix}:wake      (one token pushed on retry)
 -- KEYS[5]  the callbacks zset     {prefix}:callbacks (id added, due at once, when
 --          the job ends and has a callback URL: field cu)
+-- KEYS[6]  the status indexes' prefix "{prefix}:ix:s:" (the id moves from
+--          InProgress to the new status, score = field c)
+-- KEYS[7]  the finished-per-minute counts {prefix}:ix:finished (hash; the
+--          field floor(now / 60) raised by one when the job ends)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  the claim token (fencing: must be the job's current token)
@@ -28,11 +32,12 @@
 -- a job's attempts) of the failure recorded last, so that the same call sent
 -- again (its reply was lost) also answers 1 and changes nothing.
 
-local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu')
+local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu', 'c')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'f' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[6] .. 'InProgress', ARGV[1])
 redis.call('HDEL', KEYS[1], 't', 'w', 'hb')
 redis.call('HSET', KEYS[1], 'lt', 'f' .. string.sub(ARGV[2], 1, 8),
     'v', (tonumber(held[5]) or 0) + 1)
@@ -41,6 +46,8 @@ if held[3] or ARGV[5] == '' then
     redis.call('HSET', KEYS[1], 's', status, 'x', ARGV[4], 'e', ARGV[3], 'u', ARGV[3])
     redis.call('HDEL', KEYS[1], 'd')
     redis.call('EXPIRE', KEYS[1], ARGV[6])
+    redis.call('ZADD', KEYS[6] .. status, tonumber(held[8]) or 0, ARGV[1])
+    redis.call('HINCRBY', KEYS[7], math.floor(tonumber(ARGV[3]) / 60), 1)
     if held[7] then
         redis.call('ZADD', KEYS[5], 0, ARGV[1])
     end
@@ -49,6 +56,7 @@ else
     redis.call('HSET', KEYS[1], 's', 'Scheduled', 'x', ARGV[4], 'd', ARGV[5],
         'u', ARGV[3])
     redis.call('HINCRBY', KEYS[1], 'a', 1)
+    redis.call('ZADD', KEYS[6] .. 'Scheduled', tonumber(held[8]) or 0, ARGV[1])
     redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
     if redis.call('LPUSH', KEYS[4], '1') > 64 then
         redis.call('LTRIM', KEYS[4], 0, 63)

@@ -8,7 +8,11 @@
 -- KEYS[3]    the wake-up list       {prefix}:wake     (one token pushed if any queued)
 -- KEYS[4]    the callbacks zset     {prefix}:callbacks (a canceled job with a
 --            callback URL, field cu, is added, due at once)
--- KEYS[4+i]  the i-th claimed job's hash  {prefix}:job:<id>  (Queued, or Canceled
+-- KEYS[5]    the status indexes' prefix "{prefix}:ix:s:" (a released id moves
+--            from InProgress to Queued or Canceled, score = field c)
+-- KEYS[6]    the finished-per-minute counts {prefix}:ix:finished (hash; the
+--            field floor(now / 60) raised by one per job canceled here)
+-- KEYS[6+i]  the i-th claimed job's hash  {prefix}:job:<id>  (Queued, or Canceled
 --            and EXPIREd)
 --
 -- ARGV[1]      now, epoch seconds (float string)
@@ -25,15 +29,18 @@
 -- are skipped).
 
 local released, queued = 0, 0
-for i = 5, #KEYS do
-    local n = i - 4
+for i = 7, #KEYS do
+    local n = i - 6
     local id, token = ARGV[2 * n + 4], ARGV[2 * n + 5]
-    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k', 'v', 'ev', 'cu')
+    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k', 'v', 'ev', 'cu', 'c')
     if held[1] == 'InProgress' and held[2] == token then
         redis.call('HDEL', KEYS[i], 't', 'w')
         local version = (tonumber(held[4]) or 0) + 1
         redis.call('ZREM', KEYS[2], id)
+        redis.call('ZREM', KEYS[5] .. 'InProgress', id)
         if held[3] then
+            redis.call('ZADD', KEYS[5] .. 'Canceled', tonumber(held[7]) or 0, id)
+            redis.call('HINCRBY', KEYS[6], math.floor(tonumber(ARGV[1]) / 60), 1)
             redis.call('HSET', KEYS[i], 's', 'Canceled', 'e', ARGV[1], 'u', ARGV[1],
                 'v', version)
             redis.call('EXPIRE', KEYS[i], ARGV[2])
@@ -45,6 +52,7 @@ for i = 5, #KEYS do
             redis.call('HSET', KEYS[i], 's', 'Queued', 'd', ARGV[1], 'u', ARGV[1],
                 'v', version)
             redis.call('HINCRBY', KEYS[i], 'hb', 1)
+            redis.call('ZADD', KEYS[5] .. 'Queued', tonumber(held[7]) or 0, id)
             redis.call('ZADD', KEYS[1], ARGV[4], id)
             queued = queued + 1
         end

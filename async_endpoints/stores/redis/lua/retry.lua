@@ -5,6 +5,8 @@
 -- KEYS[3]  the wake-up list      {prefix}:wake      (one token pushed)
 -- KEYS[4]  the callbacks zset     {prefix}:callbacks (a delivery still under way
 --          is dropped: the job's callback is Pending again, for its next end)
+-- KEYS[5]  the status indexes' prefix "{prefix}:ix:s:" (the id moves from
+--          Failed to Queued, score = field c)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  now, epoch seconds (float string)
@@ -16,7 +18,7 @@
 -- Returns {1, fields} with the job's hash HGETALL-style; {-1} when there is no
 -- such job; {-2, status} when the job is not Failed.
 
-local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu')
+local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu', 'c')
 local status = held[1]
 if not status then
     return {-1}
@@ -34,6 +36,8 @@ if held[4] then  -- its next end is delivered anew
     redis.call('ZREM', KEYS[4], ARGV[1])
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZREM', KEYS[5] .. 'Failed', ARGV[1])
+redis.call('ZADD', KEYS[5] .. 'Queued', tonumber(held[5]) or 0, ARGV[1])
 if redis.call('LPUSH', KEYS[3], '1') > 64 then
     redis.call('LTRIM', KEYS[3], 0, 63)
 end

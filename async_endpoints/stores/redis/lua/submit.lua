@@ -3,18 +3,27 @@
 -- KEYS[1]  the new job's hash              {prefix}:job:<id>   (created)
 -- KEYS[2]  the waiting-jobs zset           {prefix}:ready      (id added, score = due)
 -- KEYS[3]  the wake-up list                {prefix}:wake       (one token pushed)
--- KEYS[4]  (optional) the idempotency key  {prefix}:idem:<key> (read, then SET)
--- KEYS[5]  (with KEYS[4]) the job key prefix "{prefix}:job:": the job an
---          idempotency key names is learnt only here, so its hash is read as
---          KEYS[5] .. id (same hash tag, so the same Cluster slot).
+-- KEYS[4]  the idempotency key  {prefix}:idem:<key> (read, then SET), used only
+--          when ARGV[4] is not ''
+-- KEYS[5]  the job key prefix "{prefix}:job:": the job an idempotency key names
+--          is learnt only here, so its hash is read as KEYS[5] .. id (same hash
+--          tag, so the same Cluster slot).
+-- KEYS[6]  the Queued jobs' index   {prefix}:ix:s:Queued (id added, score = ARGV[7])
+-- KEYS[7]  the handler's index      {prefix}:ix:n:<name> (id added)
+-- KEYS[8]  the owner's index        {prefix}:ix:o:<owner> (id added when ARGV[6]
+--          is not '')
+-- KEYS[9]  the set of owners' index keys {prefix}:ix:owners (KEYS[8] added, when
+--          ARGV[6] is not '': the sweeper prunes each)
 --
 -- ARGV[1]  max_queue_size (integer; 0 = no limit)
 -- ARGV[2]  the due time on Redis's clock, epoch seconds (float string): the
 --          zset score (hash times are the caller's, in the fields)
 -- ARGV[3]  the new job's id (UUID string)
--- ARGV[4]  the idempotency record "<job id>:<fingerprint>" ('' without KEYS[4])
--- ARGV[5]  the idempotency ttl, milliseconds (integer; '' without KEYS[4])
--- ARGV[6..] the job hash as field, value, field, value ...
+-- ARGV[4]  the idempotency record "<job id>:<fingerprint>", or '' for none
+-- ARGV[5]  the idempotency ttl, milliseconds (integer; '' without a record)
+-- ARGV[6]  the owner, or ''
+-- ARGV[7]  the creation time, epoch seconds (float string): the indexes' score
+-- ARGV[8..] the job hash as field, value, field, value ...
 --
 -- A re-sent call (its reply was lost and the client sent it again) finds the
 -- job's hash and changes nothing: it answers as the first call did.
@@ -27,7 +36,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     return {0}
 end
 
-if KEYS[4] then
+if ARGV[4] ~= '' then
     local known = redis.call('GET', KEYS[4])
     if known then
         local id = string.sub(known, 1, 36)
@@ -46,9 +55,15 @@ if limit > 0 and redis.call('ZCARD', KEYS[2]) >= limit then
     return {-1}
 end
 
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-if KEYS[4] then
+redis.call('ZADD', KEYS[6], ARGV[7], ARGV[3])
+redis.call('ZADD', KEYS[7], ARGV[7], ARGV[3])
+if ARGV[6] ~= '' then
+    redis.call('ZADD', KEYS[8], ARGV[7], ARGV[3])
+    redis.call('SADD', KEYS[9], KEYS[8])
+end
+if ARGV[4] ~= '' then
     redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5])
 end
 if redis.call('LPUSH', KEYS[3], '1') > 64 then

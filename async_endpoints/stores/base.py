@@ -220,6 +220,42 @@ class JobStore(Protocol):
         """Jobs (of one status, or all), newest first, paged."""
         ...
 
+    def list_page(
+        self,
+        *,
+        status: JobStatus | None = None,
+        name: str | None = None,
+        owner: str | None = None,
+        limit: int,
+        cursor: str | None = None,
+        now: float,
+    ) -> tuple[list[Job], str | None]:
+        """One page of the jobs that match every filter given, newest first
+        (creation time, then id), and the opaque cursor of the next page
+        (``None`` at the end). A page may hold fewer than ``limit`` jobs and
+        still have a next one (a filter that matches few jobs). Pages follow
+        creation order, so a job that changes status between two pages is
+        neither lost nor repeated. On Redis a page costs O(log n + limit).
+
+        :raises InvalidParameterError: the cursor is not one this store made.
+        """
+        ...
+
+    def idempotent_job(self, key: str, *, now: float) -> Job | None:
+        """The live job that an idempotency key (as the manager scopes it) made,
+        whatever its fingerprint."""
+        ...
+
+    def prune_indexes(self, names: Sequence[str], *, now: float) -> int:
+        """Drop index entries of jobs that are gone (the sweeper's share of
+        keeping no entry older than its job); return how many."""
+        ...
+
+    def finished_per_minute(self, *, now: float, minutes: int = 60) -> dict[int, int]:
+        """How many jobs ended in each of the last ``minutes`` minutes, by epoch
+        minute (kept in the store: a restart loses none)."""
+        ...
+
     def purge(self, *, status: JobStatus, older_than: float, now: float) -> int:
         """Delete finished jobs of ``status`` that ended before ``older_than``."""
         ...

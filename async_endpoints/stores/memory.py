@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import heapq
+import json
 import threading
 import time
 import uuid
@@ -12,6 +15,7 @@ from uuid import UUID
 
 from async_endpoints.errors import (
     IdempotencyConflictError,
+    InvalidParameterError,
     JobFinishedError,
     JobNotFoundError,
     QueueFullError,
@@ -30,6 +34,24 @@ from async_endpoints.jobs import (
     Progress,
     StoreStats,
 )
+
+
+def _make_cursor(created_at: float, job_id: str) -> str:
+    raw = json.dumps([created_at, job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, job_id = json.loads(raw)
+        return float(created_at), str(UUID(job_id))
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidParameterError(
+            f"cursor={cursor[:40]!r} is not a cursor this server gave."
+        ) from None
 
 
 @dataclasses.dataclass(slots=True)
@@ -80,6 +102,8 @@ class MemoryStore:
         self._changes: list[Job] = []
         self._changes_ready = threading.Condition(self._lock)
         self._changes_taken = False
+        # Jobs that ended, per epoch minute.
+        self._finished: dict[int, int] = {}
         # Callback deliveries by job: (due or lease end, token while leased).
         self._deliveries: dict[UUID, tuple[float, str | None]] = {}
 
@@ -107,6 +131,8 @@ class MemoryStore:
 
     def _finish(self, job: Job, ttl: float, now: float) -> Job:
         job = self._put(job)
+        minute = int(now // 60)
+        self._finished[minute] = self._finished.get(minute, 0) + 1
         if job.callback is not None and job.callback.status is CallbackStatus.PENDING:
             self._deliveries[job.id] = (now, None)  # due at once
         self._leases.pop(job.id, None)
@@ -519,6 +545,60 @@ class MemoryStore:
                 last_updated_at=now,
             )
             return self._put(queued)
+
+    def list_page(
+        self,
+        *,
+        status: JobStatus | None = None,
+        name: str | None = None,
+        owner: str | None = None,
+        limit: int,
+        cursor: str | None = None,
+        now: float,
+    ) -> tuple[list[Job], str | None]:
+        """See :meth:`JobStore.list_page` (here a scan of the jobs in memory)."""
+        after = _parse_cursor(cursor)
+        with self._lock:
+            self._purge(now)
+            jobs = [
+                j
+                for j in self._jobs.values()
+                if status in (None, j.status)
+                and name in (None, j.name)
+                and owner in (None, j.owner)
+                and (after is None or (j.created_at, str(j.id)) < after)
+            ]
+        jobs.sort(key=lambda j: (j.created_at, str(j.id)), reverse=True)
+        if len(jobs) <= limit:
+            return jobs, None
+        last = jobs[limit - 1]
+        return jobs[:limit], _make_cursor(last.created_at, str(last.id))
+
+    def idempotent_job(self, key: str, *, now: float) -> Job | None:
+        """See :meth:`JobStore.idempotent_job`."""
+        with self._lock:
+            self._purge(now)
+            known = self._idempotency.get(key)
+            if known is None or known[2] <= now:
+                return None
+            return self._jobs.get(known[0])
+
+    def prune_indexes(self, names: Sequence[str], *, now: float) -> int:
+        """See :meth:`JobStore.prune_indexes`: no index here; old counts go."""
+        with self._lock:
+            self._purge(now)
+            for minute in [m for m in self._finished if m < now // 60 - 24 * 60]:
+                del self._finished[minute]
+        return 0
+
+    def finished_per_minute(self, *, now: float, minutes: int = 60) -> dict[int, int]:
+        """See :meth:`JobStore.finished_per_minute`."""
+        this_minute = int(now // 60)
+        with self._lock:
+            return {
+                m: self._finished.get(m, 0)
+                for m in range(this_minute - minutes + 1, this_minute + 1)
+            }
 
     def list_jobs(
         self, *, status: JobStatus | None, offset: int, limit: int, now: float

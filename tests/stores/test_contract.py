@@ -13,6 +13,7 @@ import pytest
 
 from async_endpoints.errors import (
     IdempotencyConflictError,
+    InvalidParameterError,
     JobFinishedError,
     JobNotFoundError,
     QueueFullError,
@@ -1137,3 +1138,111 @@ def test_failed_and_canceled_ends_are_delivered_but_not_a_retry(
     due = store.claim_callbacks("w1", limit=5, lease=LEASE, now=NOW + 10)
     assert {d.job.id for d in due} == {retried, failed, canceled}
     assert {d.job.status for d in due} == {JobStatus.FAILED, JobStatus.CANCELED}
+
+
+# -- listing pages (indexes) --------------------------------------------------------
+
+
+def all_pages(store: JobStore, limit: int, **filters: object) -> list[list[Job]]:
+    pages: list[list[Job]] = []
+    cursor = None
+    for _ in range(100):
+        page, cursor = store.list_page(limit=limit, cursor=cursor, now=NOW, **filters)  # type: ignore[arg-type]
+        pages.append(page)
+        if cursor is None:
+            return pages
+    raise AssertionError("the pages never end")
+
+
+def test_pages_list_every_job_once_newest_first(store: JobStore) -> None:
+    ids = [submit(store, now=NOW + n) for n in range(7)]
+    pages = all_pages(store, 3)
+    listed = [j.id for page in pages for j in page]
+    assert listed == ids[::-1]
+    assert [len(p) for p in pages] == [3, 3, 1]
+
+
+def test_pages_filter_by_status_handler_and_owner(store: JobStore) -> None:
+    a1 = submit(store, now=NOW + 1, name="A", owner="alice")
+    b1 = submit(store, now=NOW + 2, name="B", owner="alice")
+    a2 = submit(store, now=NOW + 3, name="A", owner="bob")
+    a3 = submit(store, now=NOW + 4, name="A", owner="alice")
+    (claim,) = store.claim("w", limit=1, lease=LEASE, now=NOW + 5)
+    assert claim.job_id == a1
+    store.complete(claim, None, ttl=TTL, now=NOW + 5)
+
+    def ids(**filters: object) -> list[uuid.UUID]:
+        return [j.id for page in all_pages(store, 2, **filters) for j in page]
+
+    assert ids(owner="alice") == [a3, b1, a1]
+    assert ids(name="A") == [a3, a2, a1]
+    assert ids(status=JobStatus.QUEUED) == [a3, a2, b1]
+    assert ids(status=JobStatus.COMPLETED) == [a1]
+    assert ids(owner="alice", status=JobStatus.QUEUED) == [a3, b1]
+    assert ids(owner="alice", name="A", status=JobStatus.QUEUED) == [a3]
+    assert ids(owner="carol") == []
+    assert ids(status=JobStatus.FAILED) == []
+
+
+def test_pages_stay_consistent_while_jobs_change_status(store: JobStore) -> None:
+    ids = [submit(store, now=NOW + n) for n in range(6)]
+    first, cursor = store.list_page(limit=2, now=NOW + 10)
+    assert [j.id for j in first] == [ids[5], ids[4]]
+    # Between two pages, jobs of both pages move on.
+    for claim in store.claim("w", limit=6, lease=LEASE, now=NOW + 10):
+        if claim.job_id in (ids[0], ids[5]):
+            store.complete(claim, None, ttl=TTL, now=NOW + 10)
+    rest: list[uuid.UUID] = []
+    while cursor is not None:
+        page, cursor = store.list_page(limit=2, cursor=cursor, now=NOW + 10)
+        rest += [j.id for j in page]
+    assert rest == [ids[3], ids[2], ids[1], ids[0]]
+
+
+def test_a_page_shows_each_job_as_it_is(store: JobStore) -> None:
+    job_id = submit(store)
+    store.complete(claim_one(store), {"x": 1}, ttl=TTL, now=NOW)
+    page, cursor = store.list_page(limit=5, now=NOW)
+    assert page == [store.get(job_id, now=NOW)]
+    assert cursor is None
+
+
+def test_a_cursor_from_elsewhere_is_refused(store: JobStore) -> None:
+    submit(store)
+    for bad in ("nonsense", "eyJ4IjogMX0", "W10"):
+        with pytest.raises(InvalidParameterError):
+            store.list_page(limit=5, cursor=bad, now=NOW)
+
+
+def test_counts_and_purge_follow_the_indexes(store: JobStore) -> None:
+    done = [submit(store, now=NOW + n) for n in range(3)]
+    waiting = submit(store, now=NOW + 5)
+    for claim in store.claim("w", limit=3, lease=LEASE, now=NOW + 5):
+        store.complete(claim, None, ttl=TTL, now=NOW + 5)
+    stats = store.stats(now=NOW + 5)
+    assert stats.counts[JobStatus.COMPLETED] == 3
+    assert stats.counts[JobStatus.QUEUED] == 1
+    assert store.purge(status=JobStatus.COMPLETED, older_than=NOW + 6, now=NOW + 6) == 3
+    assert store.stats(now=NOW + 6).counts[JobStatus.COMPLETED] == 0
+    assert [j.id for j in store.list_page(limit=10, now=NOW + 6)[0]] == [waiting]
+    assert all(store.get(i, now=NOW + 6) is None for i in done)
+
+
+def test_finished_jobs_are_counted_per_minute(store: JobStore) -> None:
+    at = 60_000.0 * 60  # the start of a minute
+    for n in range(3):
+        submit(store, now=at + n)
+    claims = store.claim("w", limit=3, lease=LEASE, now=at + 3)
+    store.complete(claims[0], None, ttl=TTL, now=at + 3)
+    store.complete(claims[1], None, ttl=TTL, now=at + 61)
+    store.fail(claims[2], BOOM, retry_at=None, ttl=TTL, now=at + 62)
+    counts = store.finished_per_minute(now=at + 62, minutes=3)
+    minute = int(at // 60)
+    assert counts == {minute - 1: 0, minute: 1, minute + 1: 2}
+
+
+def test_an_idempotency_key_finds_its_job(store: JobStore) -> None:
+    key = Idempotency(key="scoped-key", fingerprint="f1", ttl=600)
+    job = store.submit(make_job(), max_queue_size=0, idempotency=key, now=NOW)
+    assert store.idempotent_job("scoped-key", now=NOW) == job
+    assert store.idempotent_job("other-key", now=NOW) is None

@@ -51,6 +51,8 @@ SCRIPTS = {
     "watch",
     "callback_claim",
     "callback_finish",
+    "page",
+    "prune",
 }
 
 
@@ -502,3 +504,56 @@ def test_an_evicting_maxmemory_policy_is_said_at_start(
     if warned:
         assert policy in said[0].getMessage()
         assert said[0].levelname == "WARNING"
+
+
+@pytest.mark.redis
+def test_an_expired_job_leaves_no_index_entry_behind(
+    real_client: redis.Redis, real_store: RedisStore
+) -> None:
+    now = time.time()
+    gone = real_store.submit(make_job(now=now, owner="ann"), max_queue_size=0, now=now)
+    kept = real_store.submit(
+        make_job(now=now + 1, owner="ann"), max_queue_size=0, now=now
+    )
+    (claim,) = real_store.claim("w", limit=1, lease=LEASE, now=now + 2)
+    assert claim.job_id == gone.id
+    real_store.complete(claim, None, ttl=TTL, now=now + 2)
+    real_client.delete(f"{{only}}:job:{gone.id}")  # as its EXPIRE would
+    indexes = [
+        "{only}:ix:s:Completed",
+        "{only}:ix:n:Echo",
+        "{only}:ix:o:ann",
+    ]
+    assert all(str(gone.id) in ids_in(real_client, k) for k in indexes)
+    # A read drops the entries it meets...
+    page, _ = real_store.list_page(owner="ann", limit=10, now=now + 3)
+    assert [j.id for j in page] == [kept.id]
+    assert str(gone.id) not in ids_in(real_client, "{only}:ix:o:ann")
+    # ... and the sweeper the others.
+    assert real_store.prune_indexes(["Echo"], now=now + 3) == 2
+    assert all(str(gone.id) not in ids_in(real_client, k) for k in indexes)
+    assert real_store.stats(now=now + 3).counts[JobStatus.COMPLETED] == 0
+
+
+@pytest.mark.redis
+def test_a_finished_job_with_its_index_entries_stays_small(
+    real_client: redis.Redis, real_store: RedisStore
+) -> None:
+    """Memory of a finished no-op job and its index entries, in large indexes
+    (where Redis uses its skiplist encoding)."""
+    now = time.time()
+    count = 2000
+    pipe_jobs = [
+        make_job(now=now + n / 1000, owner=f"user-{n % 10}") for n in range(count)
+    ]
+    for job in pipe_jobs:
+        real_store.submit(job, max_queue_size=0, now=now)
+    claims = real_store.claim("w", limit=count, lease=LEASE, now=now + 5)
+    for claim in claims:
+        real_store.complete(claim, None, ttl=TTL, now=now + 5)
+    used = 0
+    for key in real_client.scan_iter("{only}:*"):
+        used += real_client.memory_usage(key, samples=0) or 0
+    per_job = used / count
+    print(f"memory per finished job, indexes included: {per_job:.0f} B")
+    assert per_job <= 700

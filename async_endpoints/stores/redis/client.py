@@ -253,16 +253,21 @@ class _Connection:
         return _decode_job(str(job_id), flat)
 
     def _pipeline(
-        self, client: _Client, calls: Sequence[tuple[_ScriptName, list[str], list[str]]]
+        self,
+        client: _Client,
+        calls: Sequence[tuple[_ScriptName, list[str], list[str]]],
+        *,
+        atomic: bool = False,
     ) -> list[_Reply]:
-        """Several scripts in one round trip.
+        """Several scripts in one round trip (``atomic``: in one MULTI/EXEC, so
+        that no other command runs between them).
 
         A script the server does not have (``NOSCRIPT``: first use, a flush, a
         failover) is run again on its own, which loads it; the others' replies
         stand, since each script is atomic and already ran.
         """
         with self._translate_errors():
-            pipe = client.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=atomic)
             for name, keys, args in calls:
                 pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
             raw: list[object] = pipe.execute(raise_on_error=False)

@@ -33,6 +33,8 @@ _ScriptName: TypeAlias = Literal[
     "watch",
     "callback_claim",
     "callback_finish",
+    "page",
+    "prune",
 ]
 _SCRIPT_NAMES: Final[tuple[_ScriptName, ...]] = get_args(_ScriptName)
 

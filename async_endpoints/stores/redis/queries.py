@@ -3,94 +3,245 @@ registry."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Mapping, Sequence
 from typing import (
-    Any,
+    Final,
 )
 
-import redis
-import redis.backoff
-import redis.cluster
-import redis.connection
-import redis.exceptions
-import redis.retry
-import redis.sentinel
-
+from async_endpoints.errors import InvalidParameterError
 from async_endpoints.jobs import (
     Job,
     JobStatus,
     StoreStats,
 )
 from async_endpoints.stores.redis.clock import _Clock
-from async_endpoints.stores.redis.codec import _decode_job, _int, _num, _plain, _str
+from async_endpoints.stores.redis.codec import (
+    _decode_job,
+    _int,
+    _list,
+    _num,
+    _plain,
+    _str,
+)
+from async_endpoints.stores.redis.keys import _ScriptName
+
+_PAGE_BUDGET: Final = 20
+"""Index entries a filtered page may look at, per job it returns: a page of
+rare matches comes back shorter, with a cursor to go on."""
+_MINUTES_KEPT: Final = 24 * 60
+"""Finished-per-minute counts older than this many minutes are dropped."""
+
+
+def _make_cursor(score: float, job_id: str) -> str:
+    raw = json.dumps([repr(score), job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _parse_cursor(cursor: str | None) -> tuple[str, str] | None:
+    """A cursor's (score, id), or ``None`` for the first page."""
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        score, job_id = json.loads(raw)
+        float(score)
+        uuid.UUID(job_id)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidParameterError(
+            f"cursor={cursor[:40]!r} is not a cursor this server gave."
+        ) from None
+    return str(score), str(job_id)
 
 
 class _Queries(_Clock):
     """Reads and maintenance over every job of the prefix."""
 
-    def _job_ids(self) -> Iterator[str]:
-        """Every job id of the prefix, by ``SCAN`` (on a Cluster, of the one node
-        that holds the prefix's slot)."""
-        client = self._redis()
-        pattern = f"{self._keys.job_prefix}*"
-        start = len(self._keys.job_prefix)
-        found: Iterator[object]
-        if isinstance(client, redis.cluster.RedisCluster):
-            cluster: Any = client  # redis-py leaves get_node_from_key unannotated
-            node = cluster.get_node_from_key(self._keys.ready)
-            found = client.scan_iter(match=pattern, count=1000, target_nodes=node)
-        else:
-            found = client.scan_iter(match=pattern, count=1000)
-        for key in found:
-            yield _str(_plain(key))[start:]
+    def list_page(
+        self,
+        *,
+        status: JobStatus | None = None,
+        name: str | None = None,
+        owner: str | None = None,
+        limit: int,
+        cursor: str | None = None,
+        now: float,
+    ) -> tuple[list[Job], str | None]:
+        """One page of jobs, newest first, from the indexes (see
+        :meth:`JobStore.list_page`): O(log n + limit) Redis work, no ``SCAN``.
 
-    def _all_jobs(self) -> list[Job]:
-        jobs: list[Job] = []
+        :raises InvalidParameterError: the cursor is not one this store made.
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        after = _parse_cursor(cursor)
+        if owner is not None:
+            indexes = [self._keys.owner_index(owner)]
+        elif name is not None:
+            indexes = [self._keys.name_index(name)]
+        elif status is not None:
+            indexes = [self._keys.status_index(status.value)]
+        else:  # every job: the six status indexes, merged
+            indexes = [self._keys.status_index(s.value) for s in JobStatus]
+        args = [
+            after[0] if after else "+inf",
+            after[1] if after else "",
+            str(limit),
+            status.value if status is not None else "",
+            name or "",
+            owner or "",
+            str(limit * _PAGE_BUDGET),
+        ]
         with self._translate_errors():
-            ids = list(self._job_ids())
             client = self._redis()
-            for chunk in range(0, len(ids), 500):
-                batch = ids[chunk : chunk + 500]
-                pipe = client.pipeline(transaction=False)
-                for job_id in batch:
-                    pipe.hgetall(self._keys.job(job_id))
-                replies: list[object] = pipe.execute()
-                for job_id, raw in zip(batch, replies, strict=True):
-                    if isinstance(raw, Mapping) and raw:
-                        flat = _plain([item for pair in raw.items() for item in pair])
-                        jobs.append(_decode_job(job_id, flat))
-        return jobs
+        calls: list[tuple[_ScriptName, list[str], list[str]]] = [
+            ("page", [index, self._keys.job_prefix], args) for index in indexes
+        ]
+        if len(calls) == 1:
+            replies = [self._call("page", calls[0][1], args)]
+        else:
+            replies = self._pipeline(client, calls, atomic=True)
+        found: list[tuple[float, str, Job]] = []
+        more: list[tuple[float, str]] = []
+        for raw in replies:
+            reply = _list(_plain(raw))
+            if _int(reply[0]) == 1:
+                more.append((float(_str(reply[1])), _str(reply[2])))
+            for i in range(3, len(reply), 3):
+                job_id = _str(reply[i + 1])
+                try:
+                    job = _decode_job(job_id, reply[i + 2])
+                except (ValueError, TypeError, KeyError, IndexError):
+                    continue  # unreadable: the claim that meets it fails it
+                found.append((float(_str(reply[i])), job_id, job))
+        found.sort(key=lambda item: (item[0], item[1]), reverse=True)
+        # The next page goes on below the highest point not yet seen through:
+        # the last job of a page cut short, and where each index with more
+        # stopped looking. What lies below that point comes on the next page.
+        marks = list(more)
+        if len(found) > limit:
+            marks.append((found[limit - 1][0], found[limit - 1][1]))
+        if not marks:
+            return [job for _, _, job in found], None
+        mark = max(marks)
+        page = [job for score, job_id, job in found[:limit] if (score, job_id) >= mark]
+        return page, _make_cursor(*mark)
 
     def list_jobs(
         self, *, status: JobStatus | None, offset: int, limit: int, now: float
     ) -> list[Job]:
-        """Jobs (of one status, or all), newest first, paged.
-
-        Reads every job of the prefix (``SCAN``): an operator's tool, O(jobs).
+        """Jobs (of one status, or all), newest first, paged by offset (the CLI's
+        listing), read page by page from the indexes.
 
         :raises StoreUnavailableError: Redis cannot be reached.
         """
-        jobs = [j for j in self._all_jobs() if status in (None, j.status)]
-        jobs.sort(key=lambda j: (j.created_at, str(j.id)), reverse=True)
+        jobs: list[Job] = []
+        cursor: str | None = None
+        while len(jobs) < offset + limit:
+            page, cursor = self.list_page(
+                status=status, limit=100, cursor=cursor, now=now
+            )
+            jobs += page
+            if cursor is None:
+                break
         return jobs[offset : offset + limit]
+
+    def idempotent_job(self, key: str, *, now: float) -> Job | None:
+        """The live job an idempotency key (as the manager scopes it) made.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        with self._translate_errors():
+            raw: object = self._redis().get(self._keys.idem(key))
+        record = _plain(raw)
+        if record is None:
+            return None
+        return self.get(uuid.UUID(_str(record)[:36]), now=now)
 
     def purge(self, *, status: JobStatus, older_than: float, now: float) -> int:
         """Delete finished jobs of ``status`` that ended before ``older_than``.
 
-        Candidates come from ``SCAN``; each is checked again atomically by
-        ``purge.lua`` before it is deleted.
+        Candidates come from the status's index, 500 at a time; ``purge.lua``
+        checks each again atomically before it deletes it with its entries.
 
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         if not status.is_finished:
             raise ValueError(f"only finished jobs can be purged, not {status.value}")
-        with self._translate_errors():
-            ids = list(self._job_ids())
+        index = self._keys.status_index(status.value)
+        keys = [index, self._keys.name_index(""), self._keys.owner_index("")]
+        keys.append(self._keys.job_prefix)
         deleted = 0
-        for chunk in range(0, len(ids), 200):
-            keys = [self._keys.job(i) for i in ids[chunk : chunk + 200]]
-            deleted += _int(self._call("purge", keys, [status.value, _num(older_than)]))
-        return deleted
+        start = 0
+        while True:
+            with self._translate_errors():
+                raw: object = self._redis().zrange(index, start, start + 499)
+            ids = [_str(_plain(i)) for i in _list(_plain(raw))]
+            if not ids:
+                return deleted
+            gone = _int(
+                self._call("purge", keys, [status.value, _num(older_than), *ids])
+            )
+            deleted += gone
+            # Entries removed by the script shift the rest down: go on from
+            # where the survivors end.
+            with self._translate_errors():
+                left: object = self._redis().zcard(index)
+            start = min(start + len(ids) - gone, _int(_plain(left)))
+            if len(ids) < 500:
+                return deleted
+
+    def prune_indexes(
+        self, names: Sequence[str], *, now: float, batch: int = 100
+    ) -> int:
+        """Drop the index entries of jobs that are gone, oldest first: every
+        status index, the handlers' in ``names``, and a few owners' (see
+        ``prune.lua``); forget finished-per-minute counts older than a day.
+
+        :returns: how many entries were dropped.
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        with self._translate_errors():
+            client = self._redis()
+            owners: object = client.srandmember(self._keys.owners, 10)
+            minutes: object = client.hkeys(self._keys.finished)
+        indexes = [self._keys.status_index(s.value) for s in JobStatus]
+        indexes += [self._keys.name_index(n) for n in names]
+        owner_keys = [_str(_plain(k)) for k in _list(_plain(owners))]
+        indexes += owner_keys
+        dropped = _int(
+            self._call("prune", [self._keys.job_prefix, *indexes], [str(batch)])
+        )
+        with self._translate_errors():
+            for key in owner_keys:  # an owner with no job left is forgotten
+                if not client.exists(key):
+                    client.srem(self._keys.owners, key)
+            old = [
+                m
+                for m in (_str(_plain(m)) for m in _list(_plain(minutes)))
+                if int(m) < now // 60 - _MINUTES_KEPT
+            ]
+            if old:
+                client.hdel(self._keys.finished, *old)
+        return dropped
+
+    def finished_per_minute(self, *, now: float, minutes: int = 60) -> dict[int, int]:
+        """How many jobs ended in each of the last ``minutes`` minutes (epoch
+        minute -> count), as the end scripts counted them.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        this_minute = int(now // 60)
+        fields = [str(m) for m in range(this_minute - minutes + 1, this_minute + 1)]
+        with self._translate_errors():
+            counts: object = self._redis().hmget(self._keys.finished, fields)
+        values = _list(_plain(counts))
+        return {
+            int(f): int(_str(v)) if v is not None else 0
+            for f, v in zip(fields, values, strict=True)
+        }
 
     def register_worker(self, owner: str, *, ttl: float, now: float) -> None:
         """Record that worker ``owner`` is alive; forgotten ``ttl`` s after ``now``.
@@ -112,17 +263,23 @@ class _Queries(_Clock):
             self._redis().hdel(self._keys.workers, owner)
 
     def stats(self, *, now: float) -> StoreStats:
-        """Counts per status (by ``SCAN``), the oldest waiting job, live workers.
+        """Counts per status (the indexes' sizes), the oldest waiting job, the
+        live workers.
 
         :raises StoreUnavailableError: Redis cannot be reached.
         """
-        counts = dict.fromkeys(JobStatus, 0)
-        for job in self._all_jobs():
-            counts[job.status] += 1
         with self._translate_errors():
-            client = self._redis()
-            first: object = client.zrange(self._keys.ready, 0, 0, withscores=True)
-            workers: object = client.hgetall(self._keys.workers)
+            pipe = self._redis().pipeline(transaction=False)
+            for status in JobStatus:
+                pipe.zcard(self._keys.status_index(status.value))
+            pipe.zrange(self._keys.ready, 0, 0, withscores=True)
+            pipe.hgetall(self._keys.workers)
+            replies: list[object] = pipe.execute()
+        counts = {
+            status: _int(_plain(n))
+            for status, n in zip(JobStatus, replies, strict=False)
+        }
+        first, workers = replies[-2], replies[-1]
         oldest = None
         if isinstance(first, list) and first:
             oldest = self._local(float(first[0][1]))

@@ -513,7 +513,7 @@ def test_an_expired_job_leaves_no_index_entry_behind(
     now = time.time()
     gone = real_store.submit(make_job(now=now, owner="ann"), max_queue_size=0, now=now)
     kept = real_store.submit(
-        make_job(now=now + 1, owner="ann"), max_queue_size=0, now=now
+        make_job(now=now + 1, owner="ann"), max_queue_size=0, now=now + 1
     )
     (claim,) = real_store.claim("w", limit=1, lease=LEASE, now=now + 2)
     assert claim.job_id == gone.id

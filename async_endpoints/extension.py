@@ -24,7 +24,7 @@ from async_endpoints.settings import DEFAULTS, PREFIX, Settings
 from async_endpoints.signals import SIGNALS
 from async_endpoints.state import INSTANCES, AppState, ResponseHook
 from async_endpoints.stores import open_store
-from async_endpoints.views import events_view, job_view, submit_view
+from async_endpoints.views import events_view, job_view, list_view, submit_view
 from async_endpoints.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,12 @@ class AsyncEndpoints:
             endpoint="async_endpoints.job",
             view_func=job_view(self),
             methods=["GET", "DELETE"],
+        )
+        app.add_url_rule(
+            settings.jobs_url,
+            endpoint="async_endpoints.jobs",
+            view_func=list_view(self),
+            methods=["GET"],
         )
         app.add_url_rule(
             f"{settings.jobs_url}/<job_id>/events",

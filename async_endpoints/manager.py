@@ -297,6 +297,29 @@ class JobManager:
         """The job, or ``None`` if it is unknown or has expired."""
         return self.store.get(job_id, now=time.time())
 
+    def list_page(
+        self,
+        *,
+        status: JobStatus | None = None,
+        name: str | None = None,
+        owner: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> tuple[list[Job], str | None]:
+        """One page of jobs, newest first (see :meth:`JobStore.list_page`)."""
+        return self.store.list_page(
+            status=status,
+            name=name,
+            owner=owner,
+            limit=limit,
+            cursor=cursor,
+            now=time.time(),
+        )
+
+    def prune_indexes(self) -> int:
+        """Drop index entries of jobs that are gone (the sweeper calls it)."""
+        return self.store.prune_indexes(sorted(self.handlers), now=time.time())
+
     def watch(self, job_id: UUID) -> Job | None:
         """Follow the job's changes (see :meth:`JobStore.watch`); the job as it
         is, or ``None``."""

@@ -55,6 +55,8 @@ DEFAULTS: Final[dict[str, Any]] = {
     "CALLBACK_ALLOW_PRIVATE": False,
     "CALLBACK_SECRET": None,
     "CALLBACK_MAX_ATTEMPTS": 8,
+    "LIST_JOBS": False,
+    "DASHBOARD_URL": None,
 }
 
 
@@ -91,6 +93,8 @@ class Settings:
     callback_allow_private: bool
     callback_secret: str | None
     callback_max_attempts: int
+    list_jobs: bool
+    dashboard_url: str | None
 
     def __repr__(self) -> str:
         # The callback secret never reaches a log through a repr.
@@ -171,6 +175,8 @@ class Settings:
             callback_allow_private=bool(raw["CALLBACK_ALLOW_PRIVATE"]),
             callback_secret=secret if hosts else None,
             callback_max_attempts=_number(raw, "CALLBACK_MAX_ATTEMPTS", int, minimum=1),
+            list_jobs=bool(raw["LIST_JOBS"]),
+            dashboard_url=_dashboard_url(raw["DASHBOARD_URL"]),
         )
 
 
@@ -181,6 +187,17 @@ def _text(raw: Mapping[str, Any], key: str) -> str:
             f"{PREFIX}{key} must be a non-empty string, not {value!r}."
         )
     return value
+
+
+def _dashboard_url(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or value == "/":
+        raise ConfigurationError(
+            f"{PREFIX}DASHBOARD_URL must be None or a path such as '/admin/jobs', "
+            f"not {value!r}."
+        )
+    return value.rstrip("/")
 
 
 def _hosts(raw: Mapping[str, Any]) -> set[str]:

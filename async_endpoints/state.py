@@ -49,6 +49,9 @@ class Extension(Protocol):
     _status_response: ResponseHook | None
     _states: weakref.WeakKeyDictionary[Flask, AppState]
 
+    @property
+    def _owner_func(self) -> Callable[[], object] | None: ...
+
     def _state(self) -> AppState: ...
 
     def _current_owner(self) -> str | None: ...

@@ -34,7 +34,7 @@ from async_endpoints.errors import (
     ValidationError,
 )
 from async_endpoints.events import Follower, changed_since
-from async_endpoints.jobs import Job, parse_job_id, retry_after_seconds
+from async_endpoints.jobs import Job, JobStatus, parse_job_id, retry_after_seconds
 from async_endpoints.models import parse_model
 
 if TYPE_CHECKING:
@@ -411,3 +411,70 @@ def _stream(
                         return
     finally:
         follower.close()
+
+
+MAX_PAGE: Final = 100
+"""The largest ``limit`` of a listing page."""
+
+
+def list_view(ext: Extension) -> Callable[..., ResponseReturnValue]:
+    """``GET <jobs url>?status=&name=&limit=&cursor=``: the caller's jobs, newest
+    first, a page at a time."""
+
+    @problems
+    def view() -> ResponseReturnValue:
+        state = ext._state()
+        scoped = ext._owner_func is not None
+        if not scoped and not state.settings.list_jobs:
+            return problem(
+                404,
+                "Not Found",
+                "Listing jobs is off: it needs a @job_owner function (each caller "
+                "sees their own jobs) or ASYNC_ENDPOINTS_LIST_JOBS = True.",
+            )
+        args = request.args
+        status = parse_status(args.get("status"))
+        raw_limit = args.get("limit", "20")
+        if _SECONDS_RE.fullmatch(raw_limit) is None or not (
+            1 <= int(raw_limit[:4]) <= MAX_PAGE and len(raw_limit) <= 3
+        ):
+            raise InvalidParameterError(
+                f"limit={raw_limit[:20]!r} must be a whole number from 1 to {MAX_PAGE}."
+            )
+        cursor = args.get("cursor") or None
+        owner = ext._current_owner() if scoped else None
+        if scoped and owner is None:
+            jobs: list[Job] = []  # no owner, no jobs of one's own
+            nxt = None
+        else:
+            jobs, nxt = state.manager.list_page(
+                status=status,
+                name=args.get("name") or None,
+                owner=owner,
+                limit=int(raw_limit),
+                cursor=cursor,
+            )
+        expose = state.settings.expose_tracebacks
+        body = {
+            "jobs": [job.to_dict(expose_traceback=expose) for job in jobs],
+            "nextCursor": nxt,
+        }
+        return Response(json.dumps(body), mimetype="application/json")
+
+    return view
+
+
+def parse_status(value: str | None) -> JobStatus | None:
+    """A ``status`` query parameter: ``None`` when absent.
+
+    :raises InvalidParameterError: not one of the statuses.
+    """
+    if not value:
+        return None
+    try:
+        return JobStatus(value)
+    except ValueError:
+        names = ", ".join(s.value for s in JobStatus)
+        raise InvalidParameterError(
+            f"status={value[:40]!r} is not a job status (one of {names})."
+        ) from None

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 # How long stop() waits, after telling handlers ``shutdown``, for those that stop
 # early to return (to log or save what they must); their results are not recorded.
 _TOLD_GRACE = 1.0
+_PRUNE_EVERY = 6
+"""Sweeps between two prunings of the listing indexes (a read prunes too)."""
 _CALLBACK_BATCH = 1
 """Callback deliveries claimed at once: one, sent within its lease (a claim of
 several, sent one after another, could outlast the later ones' leases)."""
@@ -375,6 +377,7 @@ class Worker:
         # Kept until a sweep's reply arrives: sent again, it answers with what the
         # lost reply held, instead of leaving those jobs leased to nobody.
         sweep_request: str | None = None
+        sweeps = 0
         while not self._stopping.wait(min(0.5, settings.claim_timeout_seconds / 3)):
             now = time.monotonic()
             try:
@@ -383,6 +386,9 @@ class Worker:
                     sweep_request = sweep_request or uuid.uuid4().hex
                     self.manager.recover_expired(self.owner, request_id=sweep_request)
                     sweep_request = None
+                    sweeps += 1
+                    if sweeps % _PRUNE_EVERY == 0:
+                        self.manager.prune_indexes()
                     next_sweep = now + _jittered(settings.sweep_interval_seconds)
                 failures = 0
             except Exception:

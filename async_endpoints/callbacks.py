@@ -116,17 +116,17 @@ def allowed_addresses(url: str, settings: Settings) -> list[str]:
 
 
 def _public(address: str) -> bool:
+    """Whether an address is on the public internet: not loopback, private,
+    link-local, shared (carrier-grade NAT), reserved or multicast, nor an IPv6
+    form that wraps such an IPv4 address (mapped, 6to4, Teredo)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = [ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())]
+        if any(v4 is not None and not _public(str(v4)) for v4 in inner):
+            return False
+        if ip.ipv4_mapped is not None:
+            return _public(str(ip.ipv4_mapped))
+    return ip.is_global and not ip.is_multicast
 
 
 def message_id(job: Job) -> str:
@@ -220,9 +220,9 @@ def send(delivery: Delivery, settings: Settings, *, timeout: float) -> str | Non
             assert_same_host=False,
             preload_content=False,
         )
+        # The status is all that counts: the body is not read (a receiver that
+        # trickles one would hold the delivery thread).
         status = response.status
-        response.drain_conn()
-        response.release_conn()
     except urllib3.exceptions.HTTPError as exc:
         return f"{type(exc).__name__}: {_reason(exc)}"
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Final
 from uuid import UUID
@@ -76,6 +77,20 @@ class Follower:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_HUBS: weakref.WeakKeyDictionary[JobStore, EventsHub] = weakref.WeakKeyDictionary()
+_HUBS_LOCK = threading.Lock()
+
+
+def hub_of(store: JobStore) -> EventsHub:
+    """The one hub of ``store`` in this process (two apps may share a store; the
+    store's announcements have one reader)."""
+    with _HUBS_LOCK:
+        hub = _HUBS.get(store)
+        if hub is None:
+            hub = _HUBS[store] = EventsHub(store)
+        return hub
 
 
 class EventsHub:
@@ -174,8 +189,8 @@ class EventsHub:
                 logger.exception("following job changes failed")
                 stopped.wait(_OUTAGE_PAUSE)
                 continue
+            ready.set()  # the store answered: announcements reach us
             if changed is None:  # subscribed anew: anything may have changed
-                ready.set()
                 for follower in self._all():
                     follower.wake()
                 continue

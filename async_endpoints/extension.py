@@ -12,7 +12,7 @@ from uuid import UUID
 from flask import Flask, current_app, has_app_context, has_request_context
 
 from async_endpoints.errors import ConfigurationError, JobNotFoundError
-from async_endpoints.events import EventsHub
+from async_endpoints.events import hub_of
 from async_endpoints.jobs import Job, parse_job_id
 from async_endpoints.manager import (
     Handler,
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 _H = TypeVar("_H", bound=Handler)
 OwnerFunc = Callable[[], "str | None"]
+AccessFunc = Callable[[], "str | None"]
+"""Answers ``"read"``, ``"write"`` or ``None`` for the current dashboard request."""
 
 
 class AsyncEndpoints:
@@ -59,6 +61,7 @@ class AsyncEndpoints:
             weakref.WeakKeyDictionary()
         )
         self._owner_func: OwnerFunc | None = None
+        self._access_func: AccessFunc | None = None
         self._submitted_response: ResponseHook | None = None
         self._status_response: ResponseHook | None = None
         if app is not None:
@@ -113,7 +116,7 @@ class AsyncEndpoints:
 
         manager = JobManager(store, settings, self._handlers, app_context, on_event)
         self._states[app] = AppState(
-            settings=settings, store=store, manager=manager, events=EventsHub(store)
+            settings=settings, store=store, manager=manager, events=hub_of(store)
         )
         app.extensions["async_endpoints"] = self
         INSTANCES.add(self)
@@ -138,6 +141,10 @@ class AsyncEndpoints:
         )
         for spec in self._handlers.values():
             self._install(app, spec)
+        if settings.dashboard_url is not None:
+            from async_endpoints.dashboard import dashboard_blueprint
+
+            app.register_blueprint(dashboard_blueprint(self, settings.dashboard_url))
         app.before_request(self._before_request)
 
         from async_endpoints.cli import cli
@@ -283,6 +290,15 @@ class AsyncEndpoints:
         visible through HTTP only to requests with the same owner (others get 404).
         """
         self._owner_func = func
+        return func
+
+    def dashboard_access(self, func: AccessFunc) -> AccessFunc:
+        """Decorate the function that decides what the current request may do
+        on the dashboard (``ASYNC_ENDPOINTS_DASHBOARD_URL``): ``"read"`` (look),
+        ``"write"`` (also retry, cancel, purge) or ``None`` (``403``). Without
+        it the dashboard refuses every request.
+        """
+        self._access_func = func
         return func
 
     def submitted_response(self, func: ResponseHook) -> ResponseHook:

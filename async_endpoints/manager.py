@@ -316,6 +316,23 @@ class JobManager:
             now=time.time(),
         )
 
+    def handler_counts(self) -> dict[str, int]:
+        """How many jobs each registered handler has."""
+        return self.store.handler_counts(sorted(self.handlers), now=time.time())
+
+    def finished_per_minute(self, minutes: int = 60) -> dict[int, int]:
+        """Jobs that ended in each of the last ``minutes`` minutes."""
+        return self.store.finished_per_minute(now=time.time(), minutes=minutes)
+
+    def find_by_idempotency_key(self, key: str, owner: str | None) -> Job | None:
+        """The live job made with ``key`` by ``owner`` (for any handler)."""
+        for name in sorted(self.handlers):
+            scoped = self._idempotency(name, key, None, {}, {}, owner)
+            job = self.store.idempotent_job(scoped.key, now=time.time())
+            if job is not None:
+                return job
+        return None
+
     def prune_indexes(self) -> int:
         """Drop index entries of jobs that are gone (the sweeper calls it)."""
         return self.store.prune_indexes(sorted(self.handlers), now=time.time())
@@ -727,7 +744,9 @@ class JobManager:
         claims = self.claim(owner, _BATCH)
         for claim in claims:
             self.run(claim)
-        deliver_due(self.store, self.settings, owner, limit=_BATCH)
+        for _ in range(_BATCH):  # one at a time: each within its own lease
+            if deliver_due(self.store, self.settings, owner, limit=1)[0] == 0:
+                break
         return len(claims)
 
     # -- helpers ---------------------------------------------------------------

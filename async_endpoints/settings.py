@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -200,19 +201,27 @@ def _dashboard_url(value: object) -> str | None:
     return value.rstrip("/")
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _hosts(raw: Mapping[str, Any]) -> set[str]:
     value = raw["CALLBACK_HOSTS"]
     if isinstance(value, str):
         value = value.split(",")
     try:
-        hosts = {str(v).strip().lower().rstrip(".") for v in value}
+        hosts = {str(v).strip().lower().rstrip(".").strip("[]") for v in value}
     except TypeError:
         raise ConfigurationError(
             f"{PREFIX}CALLBACK_HOSTS must be a list of host names, not {value!r}."
         ) from None
     hosts.discard("")
     for host in hosts:
-        if (":" in host.strip("[]") and not host.startswith("[")) or "/" in host:
+        if "/" in host or (":" in host and not _is_ip(host)):
             raise ConfigurationError(
                 f"{PREFIX}CALLBACK_HOSTS takes host names without ports or paths, "
                 f"not {host!r}."

@@ -339,24 +339,46 @@ def events_view(ext: Extension) -> Callable[..., ResponseReturnValue]:
             raise JobNotFoundError(f"No job with id '{job_id[:64]}'.")
         raw_last = request.headers.get("Last-Event-ID", "").strip()
         last = int(raw_last) if _SECONDS_RE.fullmatch(raw_last[:18]) else None
-        # Followed before it is read: a change after the read is not missed.
+        job = state.manager.get(parsed)
+        if job is None or (job.owner is not None and job.owner != ext._current_owner()):
+            raise JobNotFoundError(f"No job with id '{job_id}'.")
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":
+            return Response(mimetype="text/event-stream", headers=headers)
+        # Followed before it is read again: a change after the read is not missed.
         follower = state.events.follow(parsed)
         try:
             job = state.manager.watch(parsed)
-            if job is None or (
-                job.owner is not None and job.owner != ext._current_owner()
-            ):
+            if job is None:
                 raise JobNotFoundError(f"No job with id '{job_id}'.")
         except BaseException:
             follower.close()
             raise
         return Response(
-            _stream(state, follower, job, last),
+            _EventStream(_stream(state, follower, job, last), follower),
             mimetype="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=headers,
         )
 
     return view
+
+
+class _EventStream:
+    """A stream's body: its events, and a ``close`` that stops following even
+    when the server never started reading (a HEAD, a client gone at once)."""
+
+    def __init__(self, events: Iterator[str], follower: Follower) -> None:
+        self._events = events
+        self._follower = follower
+
+    def __iter__(self) -> Iterator[str]:
+        return self._events
+
+    def close(self) -> None:
+        self._follower.close()
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
 
 
 def _stream(

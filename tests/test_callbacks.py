@@ -475,3 +475,36 @@ def test_a_delivery_survives_the_death_of_its_sender(
                     proc.wait(5)
         client.flushdb()
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2001:4860:4860::8888", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("169.254.169.254", False),
+        ("100.100.100.200", False),  # shared address space (carrier-grade NAT)
+        ("::1", False),
+        ("fe80::1", False),
+        ("fd00::1", False),
+        ("::ffff:10.0.0.1", False),  # IPv4-mapped
+        ("2002:a9fe:a9fe::1", False),  # 6to4 around 169.254.169.254
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False),  # Teredo around 10.0.0.1
+        ("224.0.0.1", False),
+        ("0.0.0.0", False),
+    ],
+)
+def test_only_public_addresses_pass(address: str, public: bool) -> None:
+    from async_endpoints.callbacks import _public
+
+    assert _public(address) is public
+
+
+def test_an_ipv6_literal_host_can_be_allowed(receiver: Receiver) -> None:
+    app, _ = callback_app(CALLBACK_HOSTS=["[::1]"])
+    response = app.test_client().post(
+        "/work", json={}, headers={"Callback-Url": "http://[::1]:8080/hook"}
+    )
+    assert response.status_code == 202, response.get_data(as_text=True)

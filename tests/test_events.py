@@ -261,3 +261,61 @@ def test_a_last_event_id_from_ahead_of_the_job_still_gets_its_states(
     assert event is not None
     assert event["job"]["status"] == "Completed"
     assert stream.next_block() is None
+
+
+@pytest.mark.usefixtures("echo")
+def test_a_head_request_follows_nothing(
+    client: FlaskClient, ae: AsyncEndpoints, app: Flask
+) -> None:
+    job_id = submit(client)
+    for _ in range(3):
+        response = client.head(f"/jobs/{job_id}/events")
+        assert response.status_code == 200
+        assert response.mimetype == "text/event-stream"
+    with app.app_context():
+        hub = ae._state().events
+    assert hub._followers == {}
+
+
+@pytest.mark.usefixtures("echo")
+def test_a_stream_closed_before_it_was_read_stops_following(
+    client: FlaskClient, ae: AsyncEndpoints, app: Flask
+) -> None:
+    job_id = submit(client)
+    stream = Stream(client, f"/jobs/{job_id}/events")
+    stream.close()
+    with app.app_context():
+        assert ae._state().events._followers == {}
+
+
+@pytest.mark.usefixtures("echo")
+def test_streams_work_again_after_a_shutdown(
+    client: FlaskClient, ae: AsyncEndpoints, app: Flask
+) -> None:
+    job_id = submit(client)
+    first = Stream(client, f"/jobs/{job_id}/events")
+    assert first.next_event() is not None
+    with app.app_context():
+        ae.shutdown()
+    assert first.next_block() is None
+    again = Stream(client, f"/jobs/{job_id}/events")
+    assert again.response.status_code == 200
+    with app.app_context():
+        ae.run_due_jobs()
+    events = []
+    while (event := again.next_event()) is not None:
+        events.append(event["job"]["status"])
+    assert events[-1] == "Completed"
+
+
+def test_two_apps_on_one_store_share_one_hub() -> None:
+    from async_endpoints.stores import MemoryStore
+
+    store = MemoryStore()
+    apps = [Flask(f"app{n}") for n in range(2)]
+    exts = [AsyncEndpoints(a, store=store) for a in apps]
+    hubs = []
+    for app, ext in zip(apps, exts, strict=True):
+        with app.app_context():
+            hubs.append(ext._state().events)
+    assert hubs[0] is hubs[1]

@@ -246,6 +246,10 @@ class JobStore(Protocol):
         whatever its fingerprint."""
         ...
 
+    def handler_counts(self, names: Sequence[str], *, now: float) -> dict[str, int]:
+        """How many jobs each handler in ``names`` has (every status)."""
+        ...
+
     def prune_indexes(self, names: Sequence[str], *, now: float) -> int:
         """Drop index entries of jobs that are gone (the sweeper's share of
         keeping no entry older than its job); return how many."""

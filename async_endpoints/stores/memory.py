@@ -583,6 +583,16 @@ class MemoryStore:
                 return None
             return self._jobs.get(known[0])
 
+    def handler_counts(self, names: Sequence[str], *, now: float) -> dict[str, int]:
+        """See :meth:`JobStore.handler_counts`."""
+        counts = dict.fromkeys(names, 0)
+        with self._lock:
+            self._purge(now)
+            for job in self._jobs.values():
+                if job.name in counts:
+                    counts[job.name] += 1
+        return counts
+
     def prune_indexes(self, names: Sequence[str], *, now: float) -> int:
         """See :meth:`JobStore.prune_indexes`: no index here; old counts go."""
         with self._lock:

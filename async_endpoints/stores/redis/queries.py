@@ -193,6 +193,19 @@ class _Queries(_Clock):
             if len(ids) < 500:
                 return deleted
 
+    def handler_counts(self, names: Sequence[str], *, now: float) -> dict[str, int]:
+        """How many jobs each handler has: its index's size (see
+        :meth:`JobStore.handler_counts`).
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        with self._translate_errors():
+            pipe = self._redis().pipeline(transaction=False)
+            for name in names:
+                pipe.zcard(self._keys.name_index(name))
+            replies: list[object] = pipe.execute()
+        return {n: _int(_plain(c)) for n, c in zip(names, replies, strict=True)}
+
     def prune_indexes(
         self, names: Sequence[str], *, now: float, batch: int = 100
     ) -> int:

@@ -460,6 +460,12 @@ class AsyncEndpoints:
             # A worker inherited through fork() has no threads here: discard it.
             state.worker = Worker(state.manager)
             state.worker.start()
+            if _marked_gunicorn_worker():
+                from async_endpoints.gunicorn import register_worker
+
+                register_worker(
+                    state.settings.store_url, state.settings, state.worker.owner
+                )
 
 
 def _marked_gunicorn_worker() -> bool:

@@ -1,17 +1,29 @@
-"""gunicorn server hooks: start the worker after the fork, hand jobs back on exit.
+"""gunicorn server hooks: start the worker after the fork, hand jobs back on exit,
+and recover a dead worker's jobs at once.
 
 In ``gunicorn.conf.py``::
 
-    from async_endpoints.gunicorn import post_fork, worker_exit
+    from async_endpoints.gunicorn import child_exit, post_fork, worker_exit
 
 gunicorn is not imported here; the hooks only use the ``pid`` of its objects.
+
+How the master knows a dead worker's jobs: each worker process, once its job
+worker runs on a Redis store given by URL, writes a small file (store URL, key
+prefix, the name its claims carry, its retry settings) in a private directory
+named after the master's pid. ``child_exit`` reads and removes the file of the
+child that exited, opens the store, fails that name's claims (``WorkerDied``,
+retried as usual) and closes the store again: the master keeps no connection
+between two deaths and hands none to the workers it forks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from typing import Any, Protocol
+import tempfile
+from pathlib import Path
+from typing import Any, Final, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +35,17 @@ class _Server(Protocol):
 class _GunicornWorker(Protocol):
     pid: int
 
+
+_HANDOFF_SETTINGS: Final = (
+    "RETRY_DELAY_BASE_SECONDS",
+    "RETRY_MAX_DELAY_SECONDS",
+    "RETRY_JITTER_SECONDS",
+    "RESULT_TTL_SECONDS",
+    "CLAIM_TIMEOUT_SECONDS",
+    "MAX_RETRIES",
+)
+_HOOK_SOCKET_TIMEOUT: Final = 2.0
+"""The master's Redis timeouts inside ``child_exit``: gunicorn waits for it."""
 
 _marked: int | None = None
 _several_workers = False
@@ -78,3 +101,93 @@ def worker_exit(server: _Server, worker: _GunicornWorker) -> None:
 
     for ext in list(INSTANCES):
         ext.shutdown()
+
+
+def _registry(master_pid: int) -> Path:
+    """The directory where the workers of one master describe themselves."""
+    return (
+        Path(tempfile.gettempdir()) / f"async-endpoints-{os.getuid()}" / str(master_pid)
+    )
+
+
+def register_worker(store_url: object, settings: Any, owner: str) -> None:
+    """In a gunicorn worker process: tell the master (through a file of ours)
+    which store and name this process's claims use, so that ``child_exit`` can
+    recover them at once if the process dies. Only for stores given by URL."""
+    if _marked != os.getpid() or not isinstance(store_url, str):
+        return
+    if not store_url.startswith(("redis://", "rediss://", "unix://", "redis+")):
+        return
+    entry = {
+        "url": store_url,
+        "prefix": settings.key_prefix,
+        "owner": owner,
+        "config": {k: getattr(settings, k.lower()) for k in _HANDOFF_SETTINGS},
+    }
+    folder = _registry(os.getppid())
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = folder / f"{os.getpid()}.json"
+        entries = json.loads(path.read_text()) if path.exists() else []
+        entries.append(entry)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(entries))
+        temporary.replace(path)
+    except OSError as exc:
+        logger.warning(
+            "cannot register this worker for crash recovery (%s); its jobs are "
+            "recovered when their leases expire",
+            exc,
+        )
+
+
+def child_exit(server: _Server, worker: _GunicornWorker) -> None:
+    """gunicorn ``child_exit`` hook (runs in the master when it reaps a worker):
+    the jobs the dead process still held are failed at once (``WorkerDied``)
+    and retried with the usual backoff, instead of waiting for their leases.
+
+    A worker that stopped cleanly handed its jobs back first, so nothing is
+    left to recover. Any failure here (Redis down) is logged, and the lease
+    sweeper recovers the jobs later; gunicorn's own handling goes on.
+    """
+    path = _registry(os.getpid()) / f"{worker.pid}.json"
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # not one of ours, or nothing registered
+    path.unlink(missing_ok=True)
+    for entry in entries:
+        try:
+            _recover(entry, worker.pid)
+        except Exception as exc:  # never break the master
+            logger.warning(
+                "recovering the jobs of dead worker %s failed (%s); the lease "
+                "sweeper will recover them",
+                worker.pid,
+                exc,
+            )
+
+
+def _recover(entry: dict[str, Any], pid: int) -> None:
+    from async_endpoints.manager import JobManager, process_owner
+    from async_endpoints.settings import PREFIX, Settings
+    from async_endpoints.stores.redis import RedisStore
+
+    config = {PREFIX + k: v for k, v in entry["config"].items()}
+    config[PREFIX + "KEY_PREFIX"] = entry["prefix"]
+    settings = Settings.from_config(config)
+    store = RedisStore.from_url(
+        entry["url"], prefix=entry["prefix"], socket_timeout=_HOOK_SOCKET_TIMEOUT
+    )
+    try:
+        manager = JobManager(store, settings, {})
+        count = manager.recover_owner(entry["owner"], f"master-{process_owner()}")
+    finally:
+        store.close()
+    if count:
+        logger.warning(
+            "worker %s died holding %d job(s): each failed as WorkerDied and is "
+            "retried",
+            pid,
+            count,
+        )

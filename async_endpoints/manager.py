@@ -69,6 +69,8 @@ EventHook = Callable[..., None]
 
 _T = TypeVar("_T")
 _BATCH = 1 << 30  # "every due job" for run_due_jobs
+_DEAD_BATCH = 10_000
+"""The most jobs recovered from one dead worker at once (it held fewer)."""
 
 #: Headers about the request's transport, meaningless once the body is parsed:
 #: never stored with a job (hop-by-hop headers, and the body's length and type).
@@ -737,6 +739,25 @@ class JobManager:
             self.fail(claim, lost)
         return len(claims)
 
+    def recover_owner(self, dead: str, owner: str) -> int:
+        """Fail at once the jobs that worker ``dead`` held (its process died);
+        each counts a failed attempt (``WorkerDied``) and is retried by its
+        policy. Return how many."""
+        claims = self.store.recover_owner(
+            dead,
+            owner,
+            limit=_DEAD_BATCH,
+            lease=self.settings.claim_timeout_seconds,
+            now=time.time(),
+        )
+        for claim in claims:
+            died = _WorkerDiedError(
+                "The worker process running this job died (its gunicorn master "
+                "saw it exit); the attempt counts as failed."
+            )
+            self.fail(claim, died)
+        return len(claims)
+
     def run_due_jobs(self, owner: str) -> int:
         """Recover expired leases, then run every job due now in this thread,
         then send the callback deliveries due (once each)."""
@@ -801,3 +822,11 @@ class _LeaseExpiredError(Exception):
 
 _LeaseExpiredError.__name__ = "LeaseExpired"
 _LeaseExpiredError.__qualname__ = "LeaseExpired"
+
+
+class _WorkerDiedError(Exception):
+    """Recorded (as type ``WorkerDied``) for a job whose process died."""
+
+
+_WorkerDiedError.__name__ = "WorkerDied"
+_WorkerDiedError.__qualname__ = "WorkerDied"

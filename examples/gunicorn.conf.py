@@ -6,7 +6,9 @@ Use a Redis store (ASYNC_ENDPOINTS_STORE_URL=redis://...) with more than one wor
 the in-memory store is one process's memory.
 """
 
-from async_endpoints.gunicorn import post_fork, worker_exit  # noqa: F401 - hooks
+# child_exit: a worker process that dies (SIGKILL, out of memory) has its jobs
+# retried at once, not when their leases expire.
+from async_endpoints.gunicorn import child_exit, post_fork, worker_exit  # noqa: F401 - hooks
 
 bind = "127.0.0.1:8000"
 workers = 2

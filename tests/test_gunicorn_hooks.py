@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -103,3 +105,42 @@ def test_memory_store_under_several_workers_is_warned_about(
         assert "memory://" not in caplog.text
     finally:
         hooks.worker_exit(object(), FakeWorker(pid=os.getpid()))
+
+
+def test_child_exit_survives_an_unreachable_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure inside the hook is logged and leaves the jobs to the sweeper;
+    the hook itself returns normally (gunicorn's handling goes on)."""
+    import json
+    import os
+    import tempfile
+
+    from async_endpoints import gunicorn
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    folder = gunicorn._registry(os.getpid())
+    folder.mkdir(parents=True)
+    dead = 999_999
+    (folder / f"{dead}.json").write_text(
+        json.dumps(
+            [
+                {
+                    "url": f"redis://127.0.0.1:{free_port()}/0",
+                    "prefix": "gone",
+                    "owner": "host:999999:abcd",
+                    "config": {},
+                }
+            ]
+        )
+    )
+
+    class Dead:
+        pid = dead
+
+    with caplog.at_level(logging.WARNING):
+        gunicorn.child_exit(object(), Dead())
+    assert "sweeper will recover them" in caplog.text
+    assert not (folder / f"{dead}.json").exists()
+    gunicorn.child_exit(object(), Dead())  # nothing registered: nothing done

@@ -201,6 +201,21 @@ class JobStore(Protocol):
         again with the same ``request_id``, answer with the same claims."""
         ...
 
+    def recover_owner(
+        self,
+        dead: str,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+    ) -> list[Claim]:
+        """Re-claim for ``owner``, under fresh tokens, up to ``limit`` jobs that
+        worker ``dead`` holds (the name it claimed them under), whatever their
+        leases: its process is known to be dead. The caller then fails them.
+        """
+        ...
+
     def sync_clock(self) -> float:
         """Measure the offset from this process's clock to the store's, and use
         it from now on; return it (0.0 for a store in this process)."""

@@ -514,6 +514,25 @@ class MemoryStore:
             self._remember(request_id, claims, lease, now)
         return claims
 
+    def recover_owner(
+        self,
+        dead: str,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+    ) -> list[Claim]:
+        """See :meth:`JobStore.recover_owner`."""
+        claims: list[Claim] = []
+        with self._lock:
+            for job_id, held in list(self._leases.items()):
+                job = self._jobs.get(job_id)
+                if held.owner != dead or job is None or len(claims) >= limit:
+                    continue
+                claims.append(self._lease(job, owner, lease, now))
+        return claims
+
     def sync_clock(self) -> float:
         """See :meth:`JobStore.sync_clock`: one process, one clock."""
         return 0.0

@@ -46,13 +46,19 @@ class Gunicorn:
         *,
         preload: bool,
         worker_class: str = "gthread",
+        child_exit: bool = False,
     ) -> None:
         self.port = free_port()
         self.log = tmp / f"gunicorn-{self.port}.log"
         self.conf = tmp / f"gunicorn-{self.port}.conf.py"
         self.conf.write_text(
             "from async_endpoints.gunicorn import post_fork, worker_exit\n"
-            f"bind = '127.0.0.1:{self.port}'\n"
+            + (
+                "from async_endpoints.gunicorn import child_exit\n"
+                if child_exit
+                else ""
+            )
+            + f"bind = '127.0.0.1:{self.port}'\n"
             "workers = 2\n"
             f"worker_class = {worker_class!r}\n"
             "threads = 4\n"
@@ -486,5 +492,87 @@ def test_job_events_through_gunicorn(redis_server: RedisServer, tmp_path: Path) 
         # Every report after the reconnect is an event of its own.
         start = [0.2, 0.4, 0.6, 0.8, 1.0].index(fractions[0])
         assert fractions[:-1] == [0.2, 0.4, 0.6, 0.8, 1.0][start:]
+    finally:
+        server.stop()
+
+
+def post_first_slow(server: Gunicorn, count: int) -> list[str]:
+    ids = []
+    for n in range(count):
+        status, body = server.request("POST", "/first-slow", {"n": n})
+        assert status == 202, body
+        ids.append(body["id"])
+    return ids
+
+
+def finished(app: Flask, ae: AsyncEndpoints, ids: list[str]) -> list[Job]:
+    jobs = jobs_of(app, ae, ids)
+    return [j for j in jobs if j is not None and j.status.is_finished]
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
+def test_child_exit_recovers_a_killed_workers_jobs_at_once(
+    redis_server: RedisServer, tmp_path: Path, preload: bool
+) -> None:
+    """Both workers SIGKILLed while 8 jobs run under 60 s leases: with child_exit
+    the jobs run again within seconds, each with one failed attempt."""
+    redis.Redis.from_url(redis_server.url).flushdb()
+    env = make_env(
+        redis_server.url,
+        CLAIM_TIMEOUT_SECONDS=60,
+        SWEEP_INTERVAL_SECONDS=30,
+        RETRY_DELAY_BASE_SECONDS=0.2,
+        MAX_CONCURRENCY=4,
+        AE_TEST_FIRST_RUN_SECONDS=120,
+    )
+    server = Gunicorn(tmp_path, env, preload=preload, child_exit=True)
+    server.start()
+    app, ae = observer(redis_server.url)
+    try:
+        ids = post_first_slow(server, 8)
+        wait_for_running(redis_server.url, 8)
+        killed = time.monotonic()
+        for pid in server.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        deadline_wait(
+            lambda: len(finished(app, ae, ids)) == 8, 15, "the 8 jobs to run again"
+        )
+        took = time.monotonic() - killed
+        assert took < 10, f"recovery took {took:.1f} s"
+        jobs = finished(app, ae, ids)
+        assert {j.status for j in jobs} == {JobStatus.COMPLETED}
+        assert {j.retry_count for j in jobs} == {1}  # the killed run counted once
+        assert all(n == 2 for n in runs(redis_server.url).values())
+        assert "died holding" in server.log.read_text()
+    finally:
+        server.stop()
+
+
+def test_child_exit_counts_nothing_for_a_graceful_exit(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A worker that stops cleanly hands its jobs back: child_exit, which runs
+    for it too, finds nothing left to recover, and no attempt is counted."""
+    redis.Redis.from_url(redis_server.url).flushdb()
+    env = make_env(
+        redis_server.url,
+        CLAIM_TIMEOUT_SECONDS=60,
+        SHUTDOWN_GRACE_SECONDS=0.5,
+        MAX_CONCURRENCY=4,
+        AE_TEST_FIRST_RUN_SECONDS=120,
+    )
+    server = Gunicorn(tmp_path, env, preload=False, child_exit=True)
+    server.start()
+    app, ae = observer(redis_server.url)
+    try:
+        ids = post_first_slow(server, 8)
+        wait_for_running(redis_server.url, 8)
+        for pid in server.worker_pids():
+            os.kill(pid, signal.SIGTERM)  # graceful: worker_exit hands back
+        deadline_wait(lambda: len(finished(app, ae, ids)) == 8, 30, "the 8 jobs")
+        jobs = finished(app, ae, ids)
+        assert {j.status for j in jobs} == {JobStatus.COMPLETED}
+        assert {j.retry_count for j in jobs} == {0}
+        assert "died holding" not in server.log.read_text()
     finally:
         server.stop()

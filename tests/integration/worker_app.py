@@ -54,3 +54,16 @@ def steps(ctx: AsyncContext) -> dict[str, object]:
             return {"stopped_at_step": step}
         ctx.report_progress((step + 1) / total)
     return {"steps": total, "pid": os.getpid()}
+
+
+FIRST_RUN_SECONDS = float(os.environ.get("AE_TEST_FIRST_RUN_SECONDS", "0"))
+
+
+@ae.post("/first-slow", name="FirstSlow")
+def first_slow(ctx: AsyncContext) -> dict[str, object]:
+    """Its job's first run takes a while (long enough to be killed in); any run
+    after it returns at once. Records runs per job id."""
+    run = _counter.hincrby("itest-runs", str(ctx.job_id), 1)
+    if run == 1 and FIRST_RUN_SECONDS:
+        ctx.cancelled.wait(FIRST_RUN_SECONDS)
+    return {"run": run, "pid": os.getpid()}

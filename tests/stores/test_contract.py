@@ -1246,3 +1246,40 @@ def test_an_idempotency_key_finds_its_job(store: JobStore) -> None:
     job = store.submit(make_job(), max_queue_size=0, idempotency=key, now=NOW)
     assert store.idempotent_job("scoped-key", now=NOW) == job
     assert store.idempotent_job("other-key", now=NOW) is None
+
+
+# -- a dead worker's jobs (gunicorn's child_exit) ----------------------------------
+
+
+def test_a_dead_workers_jobs_are_recovered_at_once(store: JobStore) -> None:
+    for n in range(3):
+        submit(store, now=NOW + n)
+    mine = store.claim("dead-worker", limit=2, lease=LEASE, now=NOW + 5)
+    (other,) = store.claim("live-worker", limit=1, lease=LEASE, now=NOW + 5)
+    # Long before their leases end:
+    taken = store.recover_owner(
+        "dead-worker", "rescuer", limit=10, lease=LEASE, now=NOW + 6
+    )
+    assert {c.job_id for c in taken} == {c.job_id for c in mine}
+    assert all(c.token not in {m.token for m in mine} for c in taken)
+    # The dead worker's tokens are fenced out; the live worker keeps its job.
+    assert not store.complete(mine[0], None, ttl=TTL, now=NOW + 6)
+    assert store.heartbeat([other], lease=LEASE, now=NOW + 6).held == {other.job_id}
+    for claim in taken:
+        assert store.fail(claim, BOOM, retry_at=NOW + 8, ttl=TTL, now=NOW + 6)
+    assert {status(store, c.job_id, NOW + 6) for c in taken} == {JobStatus.SCHEDULED}
+    assert (
+        store.recover_owner(
+            "dead-worker", "rescuer", limit=10, lease=LEASE, now=NOW + 7
+        )
+        == []
+    )
+
+
+def test_a_handed_back_job_is_not_recovered_again(store: JobStore) -> None:
+    submit(store)
+    claims = store.claim("leaving", limit=1, lease=LEASE, now=NOW)
+    store.release(claims, ttl=TTL, now=NOW)
+    assert (
+        store.recover_owner("leaving", "rescuer", limit=10, lease=LEASE, now=NOW) == []
+    )

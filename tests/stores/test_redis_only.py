@@ -53,6 +53,7 @@ SCRIPTS = {
     "callback_finish",
     "page",
     "prune",
+    "recover_owner",
 }
 
 

@@ -35,6 +35,7 @@ _ScriptName: TypeAlias = Literal[
     "callback_finish",
     "page",
     "prune",
+    "recover_owner",
 ]
 _SCRIPT_NAMES: Final[tuple[_ScriptName, ...]] = get_args(_ScriptName)
 

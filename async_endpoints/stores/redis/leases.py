@@ -225,6 +225,26 @@ class _Leases(_Clock):
             args += [str(c.job_id), c.token]
         self._call("release", keys, args)
 
+    def recover_owner(
+        self,
+        dead: str,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+    ) -> list[Claim]:
+        """Re-claim for ``owner`` the jobs worker ``dead`` holds (see
+        :meth:`JobStore.recover_owner`).
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        server = self._server(now)
+        args = [dead, str(limit), _num(server + lease), uuid.uuid4().hex, owner]
+        keys = [self._keys.claimed, self._keys.job_prefix]
+        reply = _list(self._call("recover_owner", keys, args))
+        return self._readable(reply, now + lease)
+
     def recover_expired(
         self,
         owner: str,

@@ -510,9 +510,13 @@ def finished(app: Flask, ae: AsyncEndpoints, ids: list[str]) -> list[Job]:
     return [j for j in jobs if j is not None and j.status.is_finished]
 
 
-@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
+@pytest.mark.parametrize(
+    ("preload", "worker_class"),
+    [(False, "gthread"), (True, "gthread"), (False, "sync")],
+    ids=["gthread-no-preload", "gthread-preload", "sync-no-preload"],
+)
 def test_child_exit_recovers_a_killed_workers_jobs_at_once(
-    redis_server: RedisServer, tmp_path: Path, preload: bool
+    redis_server: RedisServer, tmp_path: Path, preload: bool, worker_class: str
 ) -> None:
     """Both workers SIGKILLed while 8 jobs run under 60 s leases: with child_exit
     the jobs run again within seconds, each with one failed attempt."""
@@ -525,7 +529,9 @@ def test_child_exit_recovers_a_killed_workers_jobs_at_once(
         MAX_CONCURRENCY=4,
         AE_TEST_FIRST_RUN_SECONDS=120,
     )
-    server = Gunicorn(tmp_path, env, preload=preload, child_exit=True)
+    server = Gunicorn(
+        tmp_path, env, preload=preload, worker_class=worker_class, child_exit=True
+    )
     server.start()
     app, ae = observer(redis_server.url)
     try:

@@ -316,3 +316,34 @@ def purge_command(status: str, older_than: str, dry_run: bool) -> None:
         f"would purge {count} {chosen.value} job(s) that ended more than "
         f"{older_than.strip()} ago (dry run: nothing was deleted)"
     )
+
+
+@cli.command("schedules")
+def schedules_command() -> None:
+    """Each periodic job: its rule, its last tick and that job's status, its next
+    tick."""
+    from async_endpoints.jobs import format_timestamp
+    from async_endpoints.schedules import tick_job_id
+
+    manager = _manager()
+    periodic = [s for s in manager.handlers.values() if s.schedule is not None]
+    if not periodic:
+        click.echo("no periodic jobs (declare them with @ae.periodic)")
+        return
+    last_ticks = manager.store.last_ticks()
+    for spec in sorted(periodic, key=lambda s: s.name):
+        assert spec.schedule is not None
+        last = last_ticks.get(spec.name)
+        status = "-"
+        if last is not None:
+            job = manager.get(tick_job_id(spec.name, last))
+            status = (
+                job.status.value
+                if job is not None
+                else "not made (first tick) or expired"
+            )
+        click.echo(
+            f"{spec.name}: {spec.schedule.describe()}; last tick "
+            f"{format_timestamp(last) or 'none yet'} ({status}); next "
+            f"{format_timestamp(manager.next_tick(spec.name))}"
+        )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable
+from datetime import datetime, timedelta, tzinfo
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -20,6 +22,7 @@ from async_endpoints.manager import (
     JobManager,
     Validator,
 )
+from async_endpoints.schedules import Schedule
 from async_endpoints.settings import DEFAULTS, PREFIX, Settings
 from async_endpoints.signals import SIGNALS
 from async_endpoints.state import INSTANCES, AppState, ResponseHook
@@ -158,6 +161,8 @@ class AsyncEndpoints:
                 self._ensure_worker(self._states[app])
 
     def _install(self, app: Flask, spec: HandlerSpec) -> None:
+        if spec.schedule is not None:
+            return  # a periodic job has no route
         app.add_url_rule(
             spec.rule,
             endpoint=f"async_endpoints.{spec.name}",
@@ -234,6 +239,29 @@ class AsyncEndpoints:
             "DELETE", rule, name, request_model, validate, max_retries
         )
 
+    def periodic(
+        self,
+        *,
+        every: timedelta | float | None = None,
+        cron: str | None = None,
+        name: str | None = None,
+        tz: str | tzinfo | None = None,
+        max_retries: int | None = None,
+    ) -> Callable[[_H], _H]:
+        """Register a periodic job: the decorated function (taking an
+        :class:`AsyncContext`, with no request) runs once per tick, as one job
+        across every process and machine, with the usual retries.
+
+        :param every: the interval (ticks at its whole multiples since the epoch).
+        :param cron: or a cron expression, e.g. ``"*/5 * * * *"`` (needs the
+            ``cron`` extra), read in ``tz`` (UTC by default).
+        :param name: the job name; the function's name by default.
+        :raises ConfigurationError: neither or both of ``every`` and ``cron``, or
+            an invalid one.
+        """
+        schedule = Schedule.build(every=every, cron=cron, tz=tz)
+        return self._register("", "", name, None, None, max_retries, schedule=schedule)
+
     def _register(
         self,
         method: str,
@@ -242,6 +270,8 @@ class AsyncEndpoints:
         request_model: type[Any] | None,
         validate: Validator | None,
         max_retries: int | None,
+        *,
+        schedule: Schedule | None = None,
     ) -> Callable[[_H], _H]:
         if validate is not None and not callable(validate):
             raise ConfigurationError(f"validate= must be callable, not {validate!r}.")
@@ -275,6 +305,7 @@ class AsyncEndpoints:
                 request_model=request_model,
                 validate=validate,
                 max_retries=max_retries,
+                schedule=schedule,
             )
             self._handlers[job_name] = spec
             for app in list(self._states.keys()):
@@ -323,6 +354,8 @@ class AsyncEndpoints:
         query_params: dict[str, list[str]] | None = None,
         owner: str | None = None,
         callback_url: str | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
     ) -> Job:
         """Queue a job for the handler ``name`` from Python (needs an app context).
 
@@ -335,10 +368,16 @@ class AsyncEndpoints:
             answer inside a request, else none.
         :param callback_url: receives one signed ``POST`` when the job ends (its
             host must be in ``ASYNC_ENDPOINTS_CALLBACK_HOSTS``).
+        :param delay: run it no sooner than this many seconds from now (it is
+            ``Scheduled`` until then).
+        :param at: or no sooner than this moment (an aware ``datetime``).
+        :raises ValueError: both ``delay`` and ``at``, a negative delay, or a
+            naive ``at``.
         :raises QueueFullError: the queue is full (``retry_after`` says when to retry).
         :raises CallbackRefusedError: ``callback_url`` is not one to call.
         """
         state = self._state()
+        due_at = _due_at(delay, at)
         if owner is None:
             owner = self._current_owner()
         job = state.manager.submit(
@@ -349,6 +388,7 @@ class AsyncEndpoints:
             query_params=query_params,
             owner=owner,
             callback_url=callback_url,
+            due_at=due_at,
         )
         # No worker is started here: a script or CLI command that submits and
         # exits would strand the jobs its worker claimed. Workers start on the
@@ -472,3 +512,21 @@ def _marked_gunicorn_worker() -> bool:
     from async_endpoints import gunicorn
 
     return gunicorn.marked_pid() == os.getpid()
+
+
+def _due_at(delay: float | timedelta | None, at: datetime | None) -> float | None:
+    """When a job submitted with ``delay=`` or ``at=`` may run (epoch seconds)."""
+    if delay is not None and at is not None:
+        raise ValueError("give delay= or at=, not both")
+    if delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if not seconds >= 0:
+            raise ValueError(f"delay= must be >= 0 seconds, not {delay!r}")
+        return time.time() + float(seconds)
+    if at is not None:
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError(
+                "at= must be an aware datetime (e.g. datetime(..., tzinfo=UTC))"
+            )
+        return at.timestamp()
+    return None

@@ -50,6 +50,7 @@ from async_endpoints.jobs import (
 from async_endpoints.log import current_job
 from async_endpoints.models import parse_model, to_json
 from async_endpoints.retry import RetryPolicy
+from async_endpoints.schedules import Schedule, tick_job_id
 from async_endpoints.settings import Settings
 from async_endpoints.stores.base import JobStore
 
@@ -100,6 +101,7 @@ class HandlerSpec:
     :param request_model: a dataclass or pydantic model for the body, or ``None``.
     :param validate: runs in the request before queuing; a response rejects it.
     :param max_retries: retries after the first attempt; ``None`` for the default.
+    :param schedule: for a periodic job (no route), when it ticks.
     """
 
     name: str
@@ -109,6 +111,7 @@ class HandlerSpec:
     request_model: type[Any] | None = None
     validate: Validator | None = None
     max_retries: int | None = None
+    schedule: Schedule | None = None
 
 
 def process_owner() -> str:
@@ -147,6 +150,9 @@ class JobManager:
         self._running_lock = threading.Lock()
         # Set when a job with a callback ended here: its delivery is due.
         self.callbacks_due = threading.Event()
+        # When each periodic schedule next ticks, as far as this process knows.
+        self._next_tick: dict[str, float] = {}
+        self._ticks_lock = threading.Lock()
 
     # -- submitting and reading ------------------------------------------------
 
@@ -187,12 +193,15 @@ class JobManager:
         idempotency_key: str | None = None,
         payload_is_json: bool = False,
         callback_url: str | None = None,
+        due_at: float | None = None,
     ) -> Job:
         """Queue a job for the handler ``name``; return it (or the idempotent twin).
 
         :param payload_is_json: the payload came from a strict JSON parser, so it
             need not be converted and checked again.
         :param callback_url: receives a signed POST when the job ends.
+        :param due_at: when the job may run (epoch seconds); until then it is
+            Scheduled. ``None``: at once.
         :raises CallbackRefusedError: the callback URL is not one to call.
 
         :raises QueueFullError: the queue is full.
@@ -220,7 +229,7 @@ class JobManager:
             max_retries=self._max_retries(spec),
             created_at=now,
             last_updated_at=now,
-            due_at=now,
+            due_at=now if due_at is None else max(now, due_at),
             payload=body,
             headers=self.filter_headers(headers or {}),
             route_params=route,
@@ -758,9 +767,55 @@ class JobManager:
             self.fail(claim, died)
         return len(claims)
 
+    def fire_due_ticks(self) -> int:
+        """Make the job of each periodic schedule whose tick is due (once per
+        tick across every process; only the latest of several missed ticks).
+        Costs no store call until a schedule's next tick comes. Return how many
+        jobs this call made."""
+        made = 0
+        with self._ticks_lock:
+            for spec in list(self.handlers.values()):
+                schedule = spec.schedule
+                if schedule is None:
+                    continue
+                now = time.time()
+                due = self._next_tick.get(spec.name)
+                if due is not None and now < due:
+                    continue
+                tick = schedule.latest(now)
+                job = Job(
+                    id=tick_job_id(spec.name, tick),
+                    name=spec.name,
+                    status=JobStatus.QUEUED,
+                    max_retries=self._max_retries(spec),
+                    created_at=now,
+                    last_updated_at=now,
+                    due_at=now,
+                )
+                stored = self.store.submit_tick(
+                    job, schedule=spec.name, tick=tick, now=now
+                )
+                self._next_tick[spec.name] = schedule.following(tick)
+                if stored is not None:
+                    made += 1
+                    logger.debug(
+                        "periodic job %s: tick %s made job %s", spec.name, tick, job.id
+                    )
+                    self._emit("submitted", stored)
+        return made
+
+    def next_tick(self, name: str) -> float | None:
+        """When schedule ``name`` next ticks, as this process knows it."""
+        spec = self.handlers.get(name)
+        if spec is None or spec.schedule is None:
+            return None
+        return spec.schedule.following(spec.schedule.latest(time.time()))
+
     def run_due_jobs(self, owner: str) -> int:
-        """Recover expired leases, then run every job due now in this thread,
-        then send the callback deliveries due (once each)."""
+        """Make the jobs of due periodic ticks, recover expired leases, then run
+        every job due now in this thread, then send the callback deliveries due
+        (once each)."""
+        self.fire_due_ticks()
         self.recover_expired(owner, limit=_BATCH)
         claims = self.claim(owner, _BATCH)
         for claim in claims:

@@ -141,6 +141,8 @@ def build_openapi(
     """The OpenAPI 3.1 document of ``handlers`` and the job status endpoints."""
     paths: dict[str, dict[str, Any]] = {}
     for spec in handlers:
+        if spec.schedule is not None:
+            continue  # a periodic job has no route
         path, _ = _path(spec.rule)
         paths.setdefault(path, {})[spec.method.lower()] = _submit_operation(spec)
     job_id = {

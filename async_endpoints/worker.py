@@ -381,6 +381,7 @@ class Worker:
         while not self._stopping.wait(min(0.5, settings.claim_timeout_seconds / 3)):
             now = time.monotonic()
             try:
+                self.manager.fire_due_ticks()
                 self._expire_timeouts(now)
                 if now >= next_sweep:
                     sweep_request = sweep_request or uuid.uuid4().hex

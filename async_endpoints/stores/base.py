@@ -105,6 +105,21 @@ class JobStore(Protocol):
         """
         ...
 
+    def submit_tick(
+        self, job: Job, *, schedule: str, tick: float, now: float
+    ) -> Job | None:
+        """Store ``job`` (as :meth:`submit` does, with no queue limit) for the
+        tick ``tick`` (epoch seconds) of periodic ``schedule``, atomically with
+        making that tick the schedule's last; ``None`` (and no job) when the
+        last tick is not older, so that one tick makes one job however many
+        processes see it due. A schedule seen for the first time records the
+        tick and makes no job: it starts with its next tick."""
+        ...
+
+    def last_ticks(self) -> dict[str, float]:
+        """Each periodic schedule's last tick (epoch seconds), by name."""
+        ...
+
     def find_idempotent(self, idempotency: Idempotency, *, now: float) -> Job | None:
         """The live job that ``idempotency.key`` made, or ``None``.
 

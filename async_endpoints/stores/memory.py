@@ -102,6 +102,8 @@ class MemoryStore:
         self._changes: list[Job] = []
         self._changes_ready = threading.Condition(self._lock)
         self._changes_taken = False
+        # Each periodic schedule's last tick.
+        self._ticks: dict[str, float] = {}
         # Jobs that ended, per epoch minute.
         self._finished: dict[int, int] = {}
         # Callback deliveries by job: (due or lease end, token while leased).
@@ -225,10 +227,10 @@ class MemoryStore:
                 raise QueueFullError(
                     f"The queue is full ({max_queue_size} jobs wait); try again later."
                 )
+            due = max(now, job.due_at if job.due_at is not None else now)
+            status = JobStatus.SCHEDULED if due > now else JobStatus.QUEUED
             stored = self._put(
-                dataclasses.replace(
-                    job, status=JobStatus.QUEUED, due_at=now, last_updated_at=now
-                )
+                dataclasses.replace(job, status=status, due_at=due, last_updated_at=now)
             )
             if idempotency is not None:
                 self._idempotency[idempotency.key] = (
@@ -240,6 +242,22 @@ class MemoryStore:
                     self._idem_expiry, (now + idempotency.ttl, idempotency.key)
                 )
             return stored
+
+    def submit_tick(
+        self, job: Job, *, schedule: str, tick: float, now: float
+    ) -> Job | None:
+        """See :meth:`JobStore.submit_tick`."""
+        with self._lock:
+            last = self._ticks.get(schedule)
+            self._ticks[schedule] = max(tick, last if last is not None else tick)
+            if last is None or last >= tick:
+                return None
+        return self.submit(job, max_queue_size=0, now=now)
+
+    def last_ticks(self) -> dict[str, float]:
+        """See :meth:`JobStore.last_ticks`."""
+        with self._lock:
+            return dict(self._ticks)
 
     def _idempotent(self, idempotency: Idempotency, now: float) -> Job | None:
         known = self._idempotency.get(idempotency.key)

@@ -5,6 +5,7 @@ A store that passes this suite is a store.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -1283,3 +1284,48 @@ def test_a_handed_back_job_is_not_recovered_again(store: JobStore) -> None:
     assert (
         store.recover_owner("leaving", "rescuer", limit=10, lease=LEASE, now=NOW) == []
     )
+
+
+# -- scheduled jobs and periodic ticks ----------------------------------------------
+
+
+def test_a_job_due_later_is_scheduled_until_then(store: JobStore) -> None:
+    job = make_job(now=NOW)
+    job = dataclasses.replace(job, due_at=NOW + 30)
+    stored = store.submit(job, max_queue_size=0, now=NOW)
+    assert stored.status is JobStatus.SCHEDULED
+    assert stored.due_at == NOW + 30
+    assert store.get(job.id, now=NOW) == stored
+    assert stored.to_dict()["nextAttemptAt"] is not None
+    assert store.queue_size() == 1
+    assert store.claim("w", limit=1, lease=LEASE, now=NOW + 29) == []
+    (claim,) = store.claim("w", limit=1, lease=LEASE, now=NOW + 30)
+    assert claim.job_id == job.id
+
+
+def test_a_scheduled_job_can_be_canceled_and_counts_for_the_queue_limit(
+    store: JobStore,
+) -> None:
+    job = dataclasses.replace(make_job(now=NOW), due_at=NOW + 60)
+    store.submit(job, max_queue_size=0, now=NOW)
+    with pytest.raises(QueueFullError):
+        store.submit(make_job(now=NOW), max_queue_size=1, now=NOW)
+    assert store.cancel(job.id, ttl=TTL, now=NOW).status is JobStatus.CANCELED
+    assert store.claim("w", limit=1, lease=LEASE, now=NOW + 61) == []
+
+
+def test_each_tick_makes_one_job(store: JobStore) -> None:
+    def tick(at: float) -> Job | None:
+        job = make_job(name="Every", now=at)
+        return store.submit_tick(job, schedule="Every", tick=at, now=at)
+
+    assert tick(NOW) is None  # the first tick seen starts the schedule
+    assert store.last_ticks() == {"Every": NOW}
+    made = tick(NOW + 60)
+    assert made is not None
+    assert made.status is JobStatus.QUEUED
+    assert tick(NOW + 60) is None  # the same tick again (another process)
+    assert tick(NOW + 30) is None  # an older one (a slow clock)
+    assert tick(NOW + 120) is not None
+    assert store.last_ticks() == {"Every": NOW + 120}
+    assert store.stats(now=NOW + 120).counts[JobStatus.QUEUED] == 2

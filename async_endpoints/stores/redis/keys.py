@@ -67,6 +67,7 @@ class _Keys:
         self._ended_prefix: Final = f"{tag}:ended:"
         self.cancels: Final = f"{tag}:cancels"
         self.callbacks: Final = f"{tag}:callbacks"
+        self.ticks: Final = f"{tag}:ticks"
         self.status_prefix: Final = f"{tag}:ix:s:"
         self.owners: Final = f"{tag}:ix:owners"
         self.finished: Final = f"{tag}:ix:finished"

@@ -71,7 +71,8 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
         idempotency: Idempotency | None = None,
         now: float,
     ) -> Job:
-        """Store ``job`` as Queued, due at ``now``, and wake one idle worker.
+        """Store ``job`` as Queued, due at ``now`` (Scheduled if its ``due_at`` is
+        later), and wake one idle worker.
 
         :param job: the new job.
         :param max_queue_size: how many jobs may wait; 0 means no limit.
@@ -82,8 +83,32 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
         :raises IdempotencyConflictError: the key was used with another fingerprint.
         :raises StoreUnavailableError: Redis cannot be reached.
         """
+        stored = self._submit(job, max_queue_size, idempotency, None, now)
+        assert stored is not None
+        return stored
+
+    def submit_tick(
+        self, job: Job, *, schedule: str, tick: float, now: float
+    ) -> Job | None:
+        """Store the job of a periodic schedule's tick, once (see
+        :meth:`JobStore.submit_tick`).
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        return self._submit(job, 0, None, (schedule, tick), now)
+
+    def _submit(
+        self,
+        job: Job,
+        max_queue_size: int,
+        idempotency: Idempotency | None,
+        tick: tuple[str, float] | None,
+        now: float,
+    ) -> Job | None:
+        due = max(now, job.due_at if job.due_at is not None else now)
+        status = JobStatus.SCHEDULED if due > now else JobStatus.QUEUED
         stored = dataclasses.replace(
-            job, status=JobStatus.QUEUED, due_at=now, last_updated_at=now, version=1
+            job, status=status, due_at=due, last_updated_at=now, version=1
         )
         record = ttl_ms = ""
         idem = self._keys.idem("")
@@ -97,20 +122,22 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.wake,
             idem,
             self._keys.job_prefix,
-            self._keys.status_index(JobStatus.QUEUED),
+            self._keys.status_index(status.value),
             self._keys.name_index(job.name),
             self._keys.owner_index(job.owner or ""),
             self._keys.owners,
+            self._keys.ticks,
         ]
-        due = _num(self._server(now))
         args = [
             str(max_queue_size),
-            due,
+            _num(self._server(due)),
             str(job.id),
             record,
             ttl_ms,
             job.owner or "",
             _num(job.created_at),
+            tick[0] if tick else "",
+            _num(tick[1]) if tick else "",
         ]
         reply = _list(self._call("submit", keys, args + _encode_job(stored)))
         code = _int(reply[0])
@@ -124,9 +151,22 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
                 "This Idempotency-Key was already used with a different request; "
                 "send a new key for a new request."
             )
+        if code == -3:
+            return None
         if code == 1:
             return _decode_job(_str(reply[1]), reply[2])
         return stored
+
+    def last_ticks(self) -> dict[str, float]:
+        """Each periodic schedule's last tick (see :meth:`JobStore.last_ticks`).
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        with self._translate_errors():
+            raw: object = self._redis().hgetall(self._keys.ticks)
+        if not isinstance(raw, dict):
+            return {}
+        return {_str(_plain(k)): float(_str(_plain(v))) for k, v in raw.items()}
 
     def find_idempotent(self, idempotency: Idempotency, *, now: float) -> Job | None:
         """The live job that ``idempotency.key`` made, or ``None``.

@@ -8,12 +8,15 @@
 -- KEYS[5]  the job key prefix "{prefix}:job:": the job an idempotency key names
 --          is learnt only here, so its hash is read as KEYS[5] .. id (same hash
 --          tag, so the same Cluster slot).
--- KEYS[6]  the Queued jobs' index   {prefix}:ix:s:Queued (id added, score = ARGV[7])
+-- KEYS[6]  the new job's status index {prefix}:ix:s:Queued (or Scheduled: id
+--          added, score = ARGV[7])
 -- KEYS[7]  the handler's index      {prefix}:ix:n:<name> (id added)
 -- KEYS[8]  the owner's index        {prefix}:ix:o:<owner> (id added when ARGV[6]
 --          is not '')
 -- KEYS[9]  the set of owners' index keys {prefix}:ix:owners (KEYS[8] added, when
 --          ARGV[6] is not '': the sweeper prunes each)
+-- KEYS[10] the periodic jobs' last ticks {prefix}:ticks (hash: name -> tick),
+--          used only when ARGV[9] is not ''
 --
 -- ARGV[1]  max_queue_size (integer; 0 = no limit)
 -- ARGV[2]  the due time on Redis's clock, epoch seconds (float string): the
@@ -23,14 +26,34 @@
 -- ARGV[5]  the idempotency ttl, milliseconds (integer; '' without a record)
 -- ARGV[6]  the owner, or ''
 -- ARGV[7]  the creation time, epoch seconds (float string): the indexes' score
--- ARGV[8..] the job hash as field, value, field, value ...
+-- ARGV[8]  the periodic job's name (the field of KEYS[10]), or ''
+-- ARGV[9]  the tick this job is for, epoch seconds (float string), or '': the
+--          job is created only if the schedule's last tick is older, and the
+--          tick becomes the last; a schedule seen for the first time records
+--          the tick and creates nothing (it starts with its next tick)
+-- ARGV[10..] the job hash as field, value, field, value ... (status Queued, or
+--          Scheduled when it is due later)
 --
 -- A re-sent call (its reply was lost and the client sent it again) finds the
 -- job's hash and changes nothing: it answers as the first call did.
 --
 -- Returns {0} when created (the caller has the job already), {1, id, fields}
 -- for an idempotent repeat (the existing job, its hash HGETALL-style), {-1} when
--- the queue is full, {-2} on an idempotency conflict.
+-- the queue is full, {-2} on an idempotency conflict, {-3} when the tick is not
+-- newer than the schedule's last one (or was the first one seen).
+
+-- A tick first: the tick, not the job's id, says whether it is new (another
+-- process may have made this tick's job already).
+if ARGV[9] ~= '' then
+    local last = redis.call('HGET', KEYS[10], ARGV[8])
+    if not last or tonumber(last) >= tonumber(ARGV[9]) then
+        if not last then
+            redis.call('HSET', KEYS[10], ARGV[8], ARGV[9])
+        end
+        return {-3}
+    end
+    redis.call('HSET', KEYS[10], ARGV[8], ARGV[9])
+end
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
     return {0}
@@ -55,7 +78,7 @@ if limit > 0 and redis.call('ZCARD', KEYS[2]) >= limit then
     return {-1}
 end
 
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[6], ARGV[7], ARGV[3])
 redis.call('ZADD', KEYS[7], ARGV[7], ARGV[3])

@@ -67,3 +67,13 @@ def first_slow(ctx: AsyncContext) -> dict[str, object]:
     if run == 1 and FIRST_RUN_SECONDS:
         ctx.cancelled.wait(FIRST_RUN_SECONDS)
     return {"run": run, "pid": os.getpid()}
+
+
+if os.environ.get("AE_TEST_PERIODIC_SECONDS"):
+    from datetime import timedelta
+
+    @ae.periodic(every=timedelta(seconds=float(os.environ["AE_TEST_PERIODIC_SECONDS"])))
+    def tick(ctx: AsyncContext) -> dict[str, object]:
+        """Record which process ran which tick's job."""
+        _counter.hincrby("itest-ticks", str(ctx.job_id), 1)
+        return {"pid": os.getpid()}

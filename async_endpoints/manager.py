@@ -70,6 +70,8 @@ EventHook = Callable[..., None]
 
 _T = TypeVar("_T")
 _BATCH = 1 << 30  # "every due job" for run_due_jobs
+_HANDLER_WAIT = 2.0
+"""How long a run waits for its handler to be registered, in seconds."""
 _DEAD_BATCH = 10_000
 """The most jobs recovered from one dead worker at once (it held fewer)."""
 
@@ -623,6 +625,13 @@ class JobManager:
 
     def _call(self, claim: Claim, cancelled: CancelEvent) -> object:
         job = claim.job
+        # A process's worker may start while its app module is still being
+        # imported (gunicorn without preload_app: init_app starts it, the
+        # decorators below it have not run yet): give the handlers a moment.
+        deadline = time.monotonic() + _HANDLER_WAIT
+        while job.name not in self.handlers and time.monotonic() < deadline:
+            if cancelled.wait(0.02):
+                break
         spec = self.spec(job.name)
         request: Any = job.payload
         if spec.request_model is not None:

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 # How long to back off after a store failure: 0.1 s doubling up to 5 s.
 # How long stop() waits, after telling handlers ``shutdown``, for those that stop
 # early to return (to log or save what they must); their results are not recorded.
+_JITTER = random.Random()
+"""The workers' own generator: background threads leave the global one (which
+an application or its tests may seed) alone."""
 _TOLD_GRACE = 1.0
 _PRUNE_EVERY = 6
 """Sweeps between two prunings of the listing indexes (a read prunes too)."""
@@ -529,4 +532,4 @@ def _backoff(failures: int) -> float:
 
 def _jittered(interval: float) -> float:
     # ±10% so that many processes do not sweep in step.
-    return interval * random.uniform(0.9, 1.1)
+    return interval * _JITTER.uniform(0.9, 1.1)

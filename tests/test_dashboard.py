@@ -205,8 +205,17 @@ def test_the_dashboard_in_a_browser(
     served: tuple[Flask, AsyncEndpoints, int],
     browser: Any,  # noqa: F811 - the fixture
 ) -> None:
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import WebDriverWait as Wait
+
+    def WebDriverWait(driver: Any, seconds: float) -> Any:  # noqa: N802 - as selenium's
+        # A page that is being replaced (after a click) has stale elements.
+        ignored = (StaleElementReferenceException, NoSuchElementException)
+        return Wait(driver, seconds, ignored_exceptions=ignored)
 
     app, ae, port = served
     client = app.test_client()

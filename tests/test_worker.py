@@ -543,3 +543,48 @@ def test_a_cancel_reaches_every_run_of_the_job_in_this_process() -> None:
     for run in runs:
         run.join(10)
     assert told == ["canceled", "canceled"]
+
+
+def test_a_run_waits_a_moment_for_its_handler_to_be_registered() -> None:
+    """A worker that starts while its app module is still importing (gunicorn
+    without preload_app) may claim a job before the handler's decorator ran."""
+    import threading
+    import time
+    import uuid
+
+    from flask import Flask
+
+    from async_endpoints import AsyncEndpoints, JobStatus
+    from async_endpoints.jobs import Job
+
+    app = Flask(__name__)
+    app.config["ASYNC_ENDPOINTS_START_WORKER"] = False
+    ae = AsyncEndpoints(app)
+    now = time.time()
+    job = Job(
+        id=uuid.uuid4(),
+        name="Late",
+        status=JobStatus.QUEUED,
+        max_retries=0,
+        created_at=now,
+        last_updated_at=now,
+    )
+    with app.app_context():
+        ae._state().store.submit(job, max_queue_size=0, now=now)
+
+    def register_late() -> None:
+        time.sleep(0.2)  # the rest of the module's import
+
+        @ae.post("/late", name="Late")
+        def late(ctx: AsyncContext) -> str:
+            return "ran"
+
+    thread = threading.Thread(target=register_late)
+    thread.start()
+    with app.app_context():
+        assert ae.run_due_jobs() == 1
+        done = ae.get_job(job.id)
+    thread.join(5)
+    assert done is not None
+    assert done.status is JobStatus.COMPLETED
+    assert done.result == "ran"

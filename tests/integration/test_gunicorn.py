@@ -537,6 +537,8 @@ def test_child_exit_recovers_a_killed_workers_jobs_at_once(
     try:
         ids = post_first_slow(server, 8)
         wait_for_running(redis_server.url, 8)
+        # Every handler has begun its first (slow) run: killed mid-run.
+        deadline_wait(lambda: len(runs(redis_server.url)) == 8, 20, "8 first runs")
         killed = time.monotonic()
         for pid in server.worker_pids():
             os.kill(pid, signal.SIGKILL)
@@ -573,6 +575,7 @@ def test_child_exit_counts_nothing_for_a_graceful_exit(
     try:
         ids = post_first_slow(server, 8)
         wait_for_running(redis_server.url, 8)
+        deadline_wait(lambda: len(runs(redis_server.url)) == 8, 20, "8 first runs")
         for pid in server.worker_pids():
             os.kill(pid, signal.SIGTERM)  # graceful: worker_exit hands back
         deadline_wait(lambda: len(finished(app, ae, ids)) == 8, 30, "the 8 jobs")

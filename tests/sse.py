@@ -5,7 +5,23 @@ from __future__ import annotations
 
 import http.client
 import json
+from collections.abc import Callable
 from typing import Any
+
+
+def next_event(next_block: Callable[[], str | None]) -> dict[str, Any] | None:
+    """The next ``job`` event of a stream read block by block by ``next_block``
+    (comments skipped), as its fields; ``None`` once the stream ended."""
+    while (block := next_block()) is not None:
+        if block.startswith(":"):
+            continue
+        fields = dict(line.split(": ", 1) for line in block.split("\n"))
+        return {
+            "event": fields["event"],
+            "id": int(fields["id"]),
+            "job": json.loads(fields["data"]),
+        }
+    return None
 
 
 class EventStream:
@@ -37,16 +53,7 @@ class EventStream:
 
     def next_event(self) -> dict[str, Any] | None:
         """The next ``job`` event (comments skipped), or ``None`` once closed."""
-        while (block := self.next_block()) is not None:
-            if block.startswith(":"):
-                continue
-            fields = dict(line.split(": ", 1) for line in block.split("\n"))
-            return {
-                "event": fields["event"],
-                "id": int(fields["id"]),
-                "job": json.loads(fields["data"]),
-            }
-        return None
+        return next_event(self.next_block)
 
     def close(self) -> None:
         self.response.close()

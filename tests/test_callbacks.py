@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,10 +28,10 @@ from freezegun import freeze_time
 from async_endpoints import AsyncContext, AsyncEndpoints, ConfigurationError
 from async_endpoints.callbacks import retry_delay
 from tests.conftest import RedisServer, wait_until
+from tests.integration.processes import start_worker
 from tests.test_http import assert_problem
 
 SECRET = "s3cret-for-tests"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -384,25 +383,6 @@ def test_a_running_worker_delivers_at_once(receiver: Receiver) -> None:
 
 
 # -- durability: a process killed mid-delivery -----------------------------------
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flask",
-                "--app",
-                "tests.integration.worker_app",
-                "async-endpoints",
-                "worker",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 @pytest.mark.redis

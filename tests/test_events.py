@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from async_endpoints import AsyncContext, AsyncEndpoints
+from tests.sse import next_event
 from tests.test_http import assert_problem
 
 
@@ -50,16 +50,7 @@ class Stream:
 
     def next_event(self) -> dict[str, Any] | None:
         """The next ``job`` event (comments skipped) as its fields."""
-        while (block := self.next_block()) is not None:
-            if block.startswith(":"):
-                continue
-            fields = dict(line.split(": ", 1) for line in block.split("\n"))
-            return {
-                "event": fields["event"],
-                "id": int(fields["id"]),
-                "job": json.loads(fields["data"]),
-            }
-        return None
+        return next_event(self.next_block)
 
     def close(self) -> None:
         self.response.close()

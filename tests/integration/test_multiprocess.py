@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,32 +15,12 @@ from flask import Flask
 
 from async_endpoints import AsyncEndpoints, JobStatus
 from tests.conftest import RedisServer
+from tests.integration.processes import start_worker
 
-ROOT = Path(__file__).resolve().parents[2]
 JOBS = 3000
 PROCESSES = 3
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """``flask async-endpoints worker`` on the integration app, in a new process."""
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flask",
-                "--app",
-                "tests.integration.worker_app",
-                "async-endpoints",
-                "worker",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 @pytest.fixture

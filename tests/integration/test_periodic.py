@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,8 @@ import pytest
 import redis
 
 from tests.conftest import RedisServer
+from tests.integration.processes import start_worker
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 
@@ -27,25 +26,6 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     yield redis_server.url
     client.flushdb()
     client.close()
-
-
-def start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flask",
-                "--app",
-                "tests.integration.worker_app",
-                "async-endpoints",
-                "worker",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -75,7 +55,7 @@ def test_three_processes_make_one_job_per_tick_and_survive_a_kill(
         ASYNC_ENDPOINTS_SHUTDOWN_GRACE_SECONDS="2",
     )
     client = redis.Redis.from_url(redis_url)
-    procs = [start(env, tmp_path / f"worker-{n}.log") for n in range(3)]
+    procs = [start_worker(env, tmp_path / f"worker-{n}.log") for n in range(3)]
     try:
         # Once every process runs (each has seen the schedule), count 10 s.
         deadline = time.monotonic() + 30

@@ -779,39 +779,51 @@ class JobManager:
     def fire_due_ticks(self) -> int:
         """Make the job of each periodic schedule whose tick is due (once per
         tick across every process; only the latest of several missed ticks).
-        Costs no store call until a schedule's next tick comes. Return how many
-        jobs this call made."""
+        Costs no store call until a schedule's next tick comes. A schedule that
+        fails (the store is down) is tried again a second later; the others go
+        on. Return how many jobs this call made."""
         made = 0
         with self._ticks_lock:
             for spec in list(self.handlers.values()):
-                schedule = spec.schedule
-                if schedule is None:
+                if spec.schedule is None:
                     continue
                 now = time.time()
                 due = self._next_tick.get(spec.name)
                 if due is not None and now < due:
                     continue
-                tick = schedule.latest(now)
-                job = Job(
-                    id=tick_job_id(spec.name, tick),
-                    name=spec.name,
-                    status=JobStatus.QUEUED,
-                    max_retries=self._max_retries(spec),
-                    created_at=now,
-                    last_updated_at=now,
-                    due_at=now,
-                )
-                stored = self.store.submit_tick(
-                    job, schedule=spec.name, tick=tick, now=now
-                )
-                self._next_tick[spec.name] = schedule.following(tick)
-                if stored is not None:
-                    made += 1
-                    logger.debug(
-                        "periodic job %s: tick %s made job %s", spec.name, tick, job.id
+                try:
+                    made += self._fire(spec, spec.schedule, now)
+                except Exception as exc:
+                    self._next_tick[spec.name] = now + 1.0
+                    logger.warning(
+                        "periodic job %s: making its tick's job failed (%s); "
+                        "trying again in a second",
+                        spec.name,
+                        exc,
                     )
-                    self._emit("submitted", stored)
         return made
+
+    def _fire(self, spec: HandlerSpec, schedule: Schedule, now: float) -> int:
+        tick = schedule.latest(now)
+        job = Job(
+            id=tick_job_id(spec.name, tick),
+            name=spec.name,
+            status=JobStatus.QUEUED,
+            max_retries=self._max_retries(spec),
+            created_at=now,
+            last_updated_at=now,
+            due_at=now,
+        )
+        stored = self.store.submit_tick(job, schedule=spec.name, tick=tick, now=now)
+        following = schedule.following(tick)
+        # Never sooner than a moment from now: a schedule whose ticks cannot be
+        # computed right does not ask the store at every round.
+        self._next_tick[spec.name] = following if following > now else now + 1.0
+        if stored is None:
+            return 0
+        logger.debug("periodic job %s: tick %s made job %s", spec.name, tick, job.id)
+        self._emit("submitted", stored)
+        return 1
 
     def next_tick(self, name: str) -> float | None:
         """When schedule ``name`` next ticks, as this process knows it."""

@@ -10,6 +10,7 @@ one job however many processes see it due (:meth:`JobStore.submit_tick`).
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -74,15 +75,24 @@ class Schedule:
         croniter = _croniter()
         if not croniter.is_valid(cron):
             raise ConfigurationError(f"cron={cron!r} is not a valid cron expression.")
-        return cls(every=None, cron=cron, tz=zone)
+        schedule = cls(every=None, cron=cron, tz=zone)
+        try:  # valid, but may never fire (e.g. February 31st)
+            schedule.following(schedule.latest(time.time()))
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cron={cron!r} never fires ({type(exc).__name__}: {exc})."
+            ) from None
+        return schedule
 
     def latest(self, now: float) -> float:
         """The latest tick at or before ``now`` (epoch seconds)."""
         if self.every is not None:
             return math.floor(now / self.every) * self.every
         assert self.cron is not None
-        # croniter's previous tick is strictly before its start: start just after.
-        start = datetime.fromtimestamp(now, self.tz) + timedelta(microseconds=1)
+        # croniter's previous tick is strictly before its start: start just after
+        # (on the epoch, so that the repeated hour of a clock turned back keeps
+        # its fold).
+        start = datetime.fromtimestamp(now + 1e-6, self.tz)
         return float(_croniter()(self.cron, start).get_prev(float))
 
     def following(self, tick: float) -> float:

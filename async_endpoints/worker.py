@@ -383,8 +383,8 @@ class Worker:
         sweeps = 0
         while not self._stopping.wait(min(0.5, settings.claim_timeout_seconds / 3)):
             now = time.monotonic()
+            self.manager.fire_due_ticks()  # logs its own failures
             try:
-                self.manager.fire_due_ticks()
                 self._expire_timeouts(now)
                 if now >= next_sweep:
                     sweep_request = sweep_request or uuid.uuid4().hex

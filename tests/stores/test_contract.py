@@ -1329,3 +1329,22 @@ def test_each_tick_makes_one_job(store: JobStore) -> None:
     assert tick(NOW + 120) is not None
     assert store.last_ticks() == {"Every": NOW + 120}
     assert store.stats(now=NOW + 120).counts[JobStatus.QUEUED] == 2
+
+
+def test_pages_go_through_jobs_created_at_the_same_instant(store: JobStore) -> None:
+    ids = {submit(store, now=NOW) for _ in range(30)}  # one score for all
+    listed = [j.id for page in all_pages(store, 7) for j in page]
+    assert len(listed) == 30
+    assert set(listed) == ids
+    # The same when the job at a page's end, and others, change status between
+    # two pages (its entry leaves the index the cursor was found in).
+    first, cursor = store.list_page(limit=7, now=NOW)
+    for claim in store.claim("w", limit=30, lease=LEASE, now=NOW):
+        if claim.job_id == first[-1].id:
+            store.complete(claim, None, ttl=TTL, now=NOW)
+    rest: list[uuid.UUID] = []
+    while cursor is not None:
+        page, cursor = store.list_page(limit=7, cursor=cursor, now=NOW)
+        rest += [j.id for j in page]
+    assert len(rest) == 23
+    assert set(rest) == ids - {j.id for j in first}

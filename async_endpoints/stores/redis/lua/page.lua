@@ -16,36 +16,52 @@
 -- ARGV[7]  budget: the most index entries to look at (integer >= limit); a page
 --          that runs out of it is shorter, and says where to go on
 --
--- Returns {more, score, id, fields, score, id, fields, ...}: more is 1 when the
--- index holds entries after the last one looked at (then its score and id are
--- the cursor of the next page: the last pair returned, or, when the budget ran
--- out first, the last entry looked at, in the two fields after more), else 0.
+-- The page starts right after the cursor's entry, found by its rank; if that
+-- entry left the index, after the entries with a higher score and, among those
+-- with the cursor's score, after its id (ids of equal score come in reverse
+-- order). Any number of jobs may share a score.
+--
+-- Returns {more, score, id, score, id, fields, score, id, fields, ...}: more is 1
+-- when the index holds entries after the last one looked at (then the next two
+-- are that entry's score and id: the next page's cursor), else 0 (and '', '').
 
 local limit, budget = tonumber(ARGV[3]), tonumber(ARGV[7])
-local max, after = ARGV[1], ARGV[2]
 local out = {0, '', ''}
+local rank = 0
+local skip_from = nil  -- skip entries of the cursor's score whose id is >= this
+if ARGV[2] ~= '' then
+    local at = redis.call('ZREVRANK', KEYS[1], ARGV[2])
+    if at then
+        rank = at + 1
+    else
+        rank = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf')
+        skip_from = ARGV[2]
+    end
+end
+local cursor_score = tonumber(ARGV[1])
 local seen, found = 0, 0
 local last_score, last_id = nil, nil
-while found < limit and seen < budget do
-    local want = math.min(budget - seen, limit - found + 10)
-    local batch = redis.call('ZREVRANGEBYSCORE', KEYS[1], max, '-inf', 'WITHSCORES',
-        'LIMIT', 0, want + 64)
+local total = redis.call('ZCARD', KEYS[1])
+while found < limit and seen < budget and rank < total do
+    local batch = redis.call('ZREVRANGE', KEYS[1], rank,
+        rank + math.min(budget - seen, limit - found + 16) - 1, 'WITHSCORES')
     if #batch == 0 then
-        return out
+        break
     end
-    local progressed = false
     for i = 1, #batch, 2 do
         local id, score = batch[i], batch[i + 1]
-        -- Entries with the cursor's own score come back again: skip up to it
-        -- (ids of equal score come in reverse order).
-        local skip = after ~= '' and tonumber(score) == tonumber(max) and id >= after
-        if not skip then
-            progressed = true
+        rank = rank + 1
+        if skip_from and tonumber(score) == cursor_score and id >= skip_from then
+            -- before the cursor in the order: already on an earlier page
+        else
+            skip_from = nil
             seen = seen + 1
             last_score, last_id = score, id
             local fields = redis.call('HGETALL', KEYS[2] .. id)
             if #fields == 0 then
                 redis.call('ZREM', KEYS[1], id)
+                rank = rank - 1
+                total = total - 1
             else
                 local ok = true
                 if ARGV[4] ~= '' or ARGV[5] ~= '' or ARGV[6] ~= '' then
@@ -69,20 +85,10 @@ while found < limit and seen < budget do
             end
         end
     end
-    if not progressed then
-        return out  -- only the cursor's equals were left
-    end
-    max, after = last_score, last_id
 end
--- Is there anything after the last entry looked at?
-local rest = redis.call('ZREVRANGEBYSCORE', KEYS[1], last_score, '-inf', 'WITHSCORES',
-    'LIMIT', 0, 64)
-for i = 1, #rest, 2 do
-    if not (tonumber(rest[i + 1]) == tonumber(last_score) and rest[i] >= last_id) then
-        out[1] = 1
-        out[2] = last_score
-        out[3] = last_id
-        return out
-    end
+if last_id and rank < total then
+    out[1] = 1
+    out[2] = last_score
+    out[3] = last_id
 end
 return out

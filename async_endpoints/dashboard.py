@@ -15,6 +15,7 @@ import secrets
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -33,7 +34,7 @@ from async_endpoints.errors import (
     JobNotFoundError,
 )
 from async_endpoints.jobs import Job, JobStatus, format_timestamp, parse_job_id
-from async_endpoints.views import parse_status
+from async_endpoints.views import error_response, parse_status
 
 if TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
@@ -105,10 +106,22 @@ def dashboard_blueprint(ext: AsyncEndpoints, url: str) -> Blueprint:
     def check_write() -> None:
         if access() != "write":
             abort(403)
-        cookie = request.cookies.get(CSRF_COOKIE, "")
-        sent = request.form.get("csrf", "")
+        # The form must come from this site's own page: a browser names the page's
+        # origin (Origin, else Referer) on a POST; and it must carry the token of
+        # the cookie (a cookie another subdomain planted does not pass the first
+        # test).
+        origin = request.headers.get("Origin") or _origin(request.referrer or "")
+        if origin != request.host_url.rstrip("/"):
+            abort(403)
+        cookie = request.cookies.get(CSRF_COOKIE, "").encode()
+        sent = request.form.get("csrf", "").encode()
         if not cookie or not hmac.compare_digest(cookie, sent):
             abort(403)
+
+    @bp.errorhandler(AsyncEndpointsError)
+    def store_error(exc: AsyncEndpointsError) -> ResponseReturnValue:
+        # Store outages answer 503 (with Retry-After), as on the API.
+        return error_response(exc)
 
     @bp.get("/")
     def overview() -> ResponseReturnValue:
@@ -201,6 +214,12 @@ def dashboard_blueprint(ext: AsyncEndpoints, url: str) -> Blueprint:
         return redirect(url_for(".overview"), code=303)
 
     return bp
+
+
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL, or ``""``."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
 
 
 def _search(st: AppState, query: str, owner: str | None) -> Job | None:

@@ -101,7 +101,7 @@ def test_access_levels_and_csrf() -> None:
     )
     assert response.status_code == 403
     # ... and so is a writer's without it, or with another.
-    for data in ({}, {"csrf": "forged"}):
+    for data in ({}, {"csrf": "forged"}, {"csrf": "non-ascii-é"}):
         response = client.post(
             f"{URL}/jobs/{failed}/retry", data=data, headers={"X-Role": "write"}
         )
@@ -111,10 +111,19 @@ def test_access_levels_and_csrf() -> None:
     html = client.get(f"{URL}/jobs/{failed}", headers={"X-Role": "write"}).get_data(
         as_text=True
     )
+    # A good token from another origin (a sibling site that planted the cookie)
+    # or with no origin at all is refused too.
+    for origin in ({"Origin": "http://evil.localhost"}, {}):
+        response = client.post(
+            f"{URL}/jobs/{failed}/retry",
+            data={"csrf": csrf_of(html)},
+            headers={"X-Role": "write", **origin},
+        )
+        assert response.status_code == 403
     response = client.post(
         f"{URL}/jobs/{failed}/retry",
         data={"csrf": csrf_of(html)},
-        headers={"X-Role": "write"},
+        headers={"X-Role": "write", "Origin": "http://localhost"},
     )
     assert response.status_code == 303
     with app.app_context():
@@ -151,7 +160,7 @@ def test_search_filters_paging_and_purge() -> None:
     response = client.post(
         f"{URL}/purge",
         data={"csrf": csrf_of(html), "status": "Completed", "older_than_hours": "0"},
-        headers=role,
+        headers={**role, "Referer": f"http://localhost{URL}/"},
     )
     assert response.status_code == 303
     stats = client.get(f"{URL}/stats.json", headers=role).get_json()
@@ -330,3 +339,27 @@ def test_a_page_with_100k_jobs_loads_in_a_second(
 
 def test_the_screenshot_in_the_readme_exists() -> None:
     assert (Path(__file__).resolve().parents[1] / "docs" / "dashboard.png").is_file()
+
+
+def test_bad_cursors_and_store_outages_are_not_500s() -> None:
+    import base64
+    import json
+
+    from async_endpoints import StoreUnavailableError
+
+    app, ae = dashboard_app(ASYNC_ENDPOINTS_LIST_JOBS=True)
+    client = app.test_client()
+    role = {"X-Role": "read"}
+    for raw in ([1, 2], ["nan", "0b5e4f0e-8d0c-4d7e-9f56-0c1f4a3e6a51"], ["x", "y"]):
+        cursor = base64.urlsafe_b64encode(json.dumps(raw).encode()).decode()
+        assert client.get(f"{URL}/?cursor={cursor}", headers=role).status_code == 400
+        assert client.get(f"/jobs?cursor={cursor}").status_code == 400
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailableError("down for the test")
+
+    with app.app_context():
+        ae._state().manager.stats = down  # type: ignore[method-assign]
+    response = client.get(f"{URL}/", headers=role)
+    assert response.status_code == 503
+    assert "Retry-After" in response.headers

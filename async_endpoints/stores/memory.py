@@ -7,6 +7,7 @@ import binascii
 import dataclasses
 import heapq
 import json
+import math
 import threading
 import time
 import uuid
@@ -47,8 +48,11 @@ def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, job_id = json.loads(raw)
-        return float(created_at), str(UUID(job_id))
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        value = float(str(created_at))
+        if not math.isfinite(value):
+            raise ValueError(created_at)
+        return value, str(UUID(str(job_id)))
+    except (ValueError, TypeError, AttributeError, binascii.Error, RecursionError):
         raise InvalidParameterError(
             f"cursor={cursor[:40]!r} is not a cursor this server gave."
         ) from None

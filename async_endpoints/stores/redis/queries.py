@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import (
@@ -48,13 +49,14 @@ def _parse_cursor(cursor: str | None) -> tuple[str, str] | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         score, job_id = json.loads(raw)
-        float(score)
-        uuid.UUID(job_id)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        value = float(str(score))
+        if not math.isfinite(value):
+            raise ValueError(score)
+        return repr(value), str(uuid.UUID(str(job_id)))
+    except (ValueError, TypeError, AttributeError, binascii.Error, RecursionError):
         raise InvalidParameterError(
             f"cursor={cursor[:40]!r} is not a cursor this server gave."
         ) from None
-    return str(score), str(job_id)
 
 
 class _Queries(_Clock):

@@ -323,7 +323,6 @@ def schedules_command() -> None:
     """Each periodic job: its rule, its last tick and that job's status, its next
     tick."""
     from async_endpoints.jobs import format_timestamp
-    from async_endpoints.schedules import tick_job_id
 
     manager = _manager()
     periodic = [s for s in manager.handlers.values() if s.schedule is not None]
@@ -333,15 +332,13 @@ def schedules_command() -> None:
     last_ticks = manager.store.last_ticks()
     for spec in sorted(periodic, key=lambda s: s.name):
         assert spec.schedule is not None
-        last = last_ticks.get(spec.name)
+        last, job_id = last_ticks.get(spec.name, (None, None))
         status = "-"
-        if last is not None:
-            job = manager.get(tick_job_id(spec.name, last))
-            status = (
-                job.status.value
-                if job is not None
-                else "not made (first tick) or expired"
-            )
+        if job_id is not None:
+            job = manager.get(job_id)
+            status = job.status.value if job is not None else "its job expired"
+        elif last is not None:
+            status = "the schedule started: its first job comes at the next tick"
         click.echo(
             f"{spec.name}: {spec.schedule.describe()}; last tick "
             f"{format_timestamp(last) or 'none yet'} ({status}); next "

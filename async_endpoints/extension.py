@@ -503,9 +503,11 @@ class AsyncEndpoints:
             if _marked_gunicorn_worker():
                 from async_endpoints.gunicorn import register_worker
 
-                register_worker(
-                    state.settings.store_url, state.settings, state.worker.owner
-                )
+                # The URL of the store in use: a store object passed in cannot be
+                # described (its jobs keep lease-based recovery).
+                given = self._store_arg
+                url = given if given is not None else state.settings.store_url
+                register_worker(url, state.settings, state.worker.owner)
 
 
 def _marked_gunicorn_worker() -> bool:

@@ -103,11 +103,20 @@ def worker_exit(server: _Server, worker: _GunicornWorker) -> None:
         ext.shutdown()
 
 
-def _registry(master_pid: int) -> Path:
-    """The directory where the workers of one master describe themselves."""
-    return (
-        Path(tempfile.gettempdir()) / f"async-endpoints-{os.getuid()}" / str(master_pid)
-    )
+def _registry(master_pid: int, uid: int) -> Path:
+    """The directory where the workers (running as ``uid``) of one master
+    describe themselves."""
+    return Path(tempfile.gettempdir()) / f"async-endpoints-{uid}" / str(master_pid)
+
+
+def _private(path: Path, uid: int) -> bool:
+    """Whether ``path`` belongs to ``uid`` and nobody else may write it (another
+    local user could otherwise plant a file for the master to trust)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return info.st_uid == uid and not info.st_mode & 0o022 and not path.is_symlink()
 
 
 def register_worker(store_url: object, settings: Any, owner: str) -> None:
@@ -124,16 +133,22 @@ def register_worker(store_url: object, settings: Any, owner: str) -> None:
         "owner": owner,
         "config": {k: getattr(settings, k.lower()) for k in _HANDOFF_SETTINGS},
     }
-    folder = _registry(os.getppid())
+    uid = os.getuid()
+    folder = _registry(os.getppid(), uid)
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for directory in (folder.parent, folder):
+            directory.mkdir(mode=0o700, exist_ok=True)
+            if not _private(directory, uid):
+                raise OSError(f"{directory} is not private to this user")
         path = folder / f"{os.getpid()}.json"
         entries = json.loads(path.read_text()) if path.exists() else []
         entries.append(entry)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(entries))
+        temporary = folder / f"{os.getpid()}.{owner.rsplit(':', 1)[-1]}.tmp"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(json.dumps(entries))
         temporary.replace(path)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         logger.warning(
             "cannot register this worker for crash recovery (%s); its jobs are "
             "recovered when their leases expire",
@@ -150,13 +165,24 @@ def child_exit(server: _Server, worker: _GunicornWorker) -> None:
     left to recover. Any failure here (Redis down) is logged, and the lease
     sweeper recovers the jobs later; gunicorn's own handling goes on.
     """
-    path = _registry(os.getpid()) / f"{worker.pid}.json"
+    cfg: Any = getattr(server, "cfg", None)
+    uid = getattr(cfg, "uid", None)
+    uid = uid if isinstance(uid, int) else os.getuid()  # gunicorn's user= setting
+    folder = _registry(os.getpid(), uid)
+    path = folder / f"{worker.pid}.json"
     try:
+        if not (_private(folder, uid) and _private(path, uid)):
+            return  # not one of ours, or not to be trusted
         entries = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return  # not one of ours, or nothing registered
-    path.unlink(missing_ok=True)
-    for entry in entries:
+        path.unlink(missing_ok=True)
+        if not any(folder.iterdir()):
+            folder.rmdir()  # the last worker of this master is gone
+    except Exception as exc:  # never break the master
+        logger.warning(
+            "reading the registration of worker %s failed: %s", worker.pid, exc
+        )
+        return
+    for entry in entries if isinstance(entries, list) else ():
         try:
             _recover(entry, worker.pid)
         except Exception as exc:  # never break the master
@@ -182,6 +208,7 @@ def _recover(entry: dict[str, Any], pid: int) -> None:
     try:
         manager = JobManager(store, settings, {})
         count = manager.recover_owner(entry["owner"], f"master-{process_owner()}")
+        store.unregister_worker(entry["owner"])  # not alive: leave the counts
     finally:
         store.close()
     if count:

@@ -50,7 +50,7 @@ from async_endpoints.jobs import (
 from async_endpoints.log import current_job
 from async_endpoints.models import parse_model, to_json
 from async_endpoints.retry import RetryPolicy
-from async_endpoints.schedules import Schedule, tick_job_id
+from async_endpoints.schedules import Schedule
 from async_endpoints.settings import Settings
 from async_endpoints.stores.base import JobStore
 
@@ -806,7 +806,7 @@ class JobManager:
     def _fire(self, spec: HandlerSpec, schedule: Schedule, now: float) -> int:
         tick = schedule.latest(now)
         job = Job(
-            id=tick_job_id(spec.name, tick),
+            id=uuid.uuid4(),  # random as every job's: ids are not to be guessed
             name=spec.name,
             status=JobStatus.QUEUED,
             max_retries=self._max_retries(spec),

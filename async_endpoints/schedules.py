@@ -4,22 +4,20 @@ A schedule is ``every=`` (ticks at whole multiples of the interval since the
 epoch, so every process computes the same ticks) or ``cron=`` (a cron
 expression, read by the ``croniter`` library, in the schedule's time zone, UTC
 by default). A tick is identified by its instant: the store turns each tick into
-one job however many processes see it due (:meth:`JobStore.submit_tick`).
+one job however many processes see it due (:meth:`JobStore.submit_tick`); the
+job's id is random, like every job's.
 """
 
 from __future__ import annotations
 
 import math
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from async_endpoints.errors import ConfigurationError
-
-_TICK_NAMESPACE = uuid.UUID("6f1d2c6e-3a44-4a43-9a55-0e3b8f4bb1f1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +106,6 @@ class Schedule:
         if self.every is not None:
             return f"every {self.every:g} s"
         return f"cron {self.cron} ({self.tz})"
-
-
-def tick_job_id(name: str, tick: float) -> uuid.UUID:
-    """The id of the job of one tick: the same in every process, so that a
-    tick's submission sent again (or by two processes) is one job."""
-    return uuid.uuid5(_TICK_NAMESPACE, f"{name}\0{tick!r}")
 
 
 def _croniter() -> Any:

@@ -120,7 +120,7 @@ def test_child_exit_survives_an_unreachable_store(
     from tests.conftest import free_port
 
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
-    folder = gunicorn._registry(os.getpid())
+    folder = gunicorn._registry(os.getpid(), os.getuid())
     folder.mkdir(parents=True)
     dead = 999_999
     (folder / f"{dead}.json").write_text(
@@ -144,3 +144,39 @@ def test_child_exit_survives_an_unreachable_store(
     assert "sweeper will recover them" in caplog.text
     assert not (folder / f"{dead}.json").exists()
     gunicorn.child_exit(object(), Dead())  # nothing registered: nothing done
+
+
+def test_child_exit_trusts_no_file_that_others_may_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import os
+    import tempfile
+
+    from async_endpoints import gunicorn
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    folder = gunicorn._registry(os.getpid(), os.getuid())
+    folder.mkdir(parents=True)
+    planted = folder / "4242.json"
+    planted.write_text(
+        json.dumps(
+            [
+                {
+                    "url": "redis://127.0.0.1:1/0",
+                    "prefix": "x",
+                    "owner": "o",
+                    "config": {},
+                }
+            ]
+        )
+    )
+    planted.chmod(0o666)  # world-writable: anybody could have written it
+
+    class Dead:
+        pid = 4242
+
+    with caplog.at_level(logging.WARNING):
+        gunicorn.child_exit(object(), Dead())
+    assert planted.exists()  # ignored, not read
+    assert "recovering the jobs" not in caplog.text

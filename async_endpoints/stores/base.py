@@ -116,8 +116,9 @@ class JobStore(Protocol):
         tick and makes no job: it starts with its next tick."""
         ...
 
-    def last_ticks(self) -> dict[str, float]:
-        """Each periodic schedule's last tick (epoch seconds), by name."""
+    def last_ticks(self) -> dict[str, tuple[float, UUID | None]]:
+        """Each periodic schedule's last tick (epoch seconds) and the id of the
+        job it made (``None`` for a first tick, which makes none), by name."""
         ...
 
     def find_idempotent(self, idempotency: Idempotency, *, now: float) -> Job | None:

@@ -107,7 +107,7 @@ class MemoryStore:
         self._changes_ready = threading.Condition(self._lock)
         self._changes_taken = False
         # Each periodic schedule's last tick.
-        self._ticks: dict[str, float] = {}
+        self._ticks: dict[str, tuple[float, UUID | None]] = {}
         # Jobs that ended, per epoch minute.
         self._finished: dict[int, int] = {}
         # Callback deliveries by job: (due or lease end, token while leased).
@@ -253,12 +253,15 @@ class MemoryStore:
         """See :meth:`JobStore.submit_tick`."""
         with self._lock:
             last = self._ticks.get(schedule)
-            self._ticks[schedule] = max(tick, last if last is not None else tick)
-            if last is None or last >= tick:
+            if last is None:
+                self._ticks[schedule] = (tick, None)
                 return None
+            if last[0] >= tick:
+                return None
+            self._ticks[schedule] = (tick, job.id)
         return self.submit(job, max_queue_size=0, now=now)
 
-    def last_ticks(self) -> dict[str, float]:
+    def last_ticks(self) -> dict[str, tuple[float, UUID | None]]:
         """See :meth:`JobStore.last_ticks`."""
         with self._lock:
             return dict(self._ticks)

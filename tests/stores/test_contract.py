@@ -1320,14 +1320,15 @@ def test_each_tick_makes_one_job(store: JobStore) -> None:
         return store.submit_tick(job, schedule="Every", tick=at, now=at)
 
     assert tick(NOW) is None  # the first tick seen starts the schedule
-    assert store.last_ticks() == {"Every": NOW}
+    assert store.last_ticks() == {"Every": (NOW, None)}
     made = tick(NOW + 60)
     assert made is not None
     assert made.status is JobStatus.QUEUED
     assert tick(NOW + 60) is None  # the same tick again (another process)
     assert tick(NOW + 30) is None  # an older one (a slow clock)
-    assert tick(NOW + 120) is not None
-    assert store.last_ticks() == {"Every": NOW + 120}
+    latest = tick(NOW + 120)
+    assert latest is not None
+    assert store.last_ticks() == {"Every": (NOW + 120, latest.id)}
     assert store.stats(now=NOW + 120).counts[JobStatus.QUEUED] == 2
 
 

@@ -157,16 +157,22 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             return _decode_job(_str(reply[1]), reply[2])
         return stored
 
-    def last_ticks(self) -> dict[str, float]:
-        """Each periodic schedule's last tick (see :meth:`JobStore.last_ticks`).
+    def last_ticks(self) -> dict[str, tuple[float, uuid.UUID | None]]:
+        """Each periodic schedule's last tick and the job it made (see
+        :meth:`JobStore.last_ticks`).
 
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         with self._translate_errors():
             raw: object = self._redis().hgetall(self._keys.ticks)
-        if not isinstance(raw, dict):
-            return {}
-        return {_str(_plain(k)): float(_str(_plain(v))) for k, v in raw.items()}
+        ticks: dict[str, tuple[float, uuid.UUID | None]] = {}
+        for key, value in raw.items() if isinstance(raw, dict) else ():
+            tick, _, job_id = _str(_plain(value)).partition(" ")
+            ticks[_str(_plain(key))] = (
+                float(tick),
+                uuid.UUID(job_id) if job_id else None,
+            )
+        return ticks
 
     def find_idempotent(self, idempotency: Idempotency, *, now: float) -> Job | None:
         """The live job that ``idempotency.key`` made, or ``None``.

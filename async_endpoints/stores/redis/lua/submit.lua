@@ -15,8 +15,9 @@
 --          is not '')
 -- KEYS[9]  the set of owners' index keys {prefix}:ix:owners (KEYS[8] added, when
 --          ARGV[6] is not '': the sweeper prunes each)
--- KEYS[10] the periodic jobs' last ticks {prefix}:ticks (hash: name -> tick),
---          used only when ARGV[9] is not ''
+-- KEYS[10] the periodic jobs' last ticks {prefix}:ticks (hash: name -> "<tick>
+--          <job id>", or "<tick>" for a first tick that made no job), used
+--          only when ARGV[9] is not ''
 --
 -- ARGV[1]  max_queue_size (integer; 0 = no limit)
 -- ARGV[2]  the due time on Redis's clock, epoch seconds (float string): the
@@ -46,13 +47,14 @@
 -- process may have made this tick's job already).
 if ARGV[9] ~= '' then
     local last = redis.call('HGET', KEYS[10], ARGV[8])
-    if not last or tonumber(last) >= tonumber(ARGV[9]) then
+    local tick = last and tonumber(string.match(last, '^(%S+)'))
+    if not tick or tick >= tonumber(ARGV[9]) then
         if not last then
             redis.call('HSET', KEYS[10], ARGV[8], ARGV[9])
         end
         return {-3}
     end
-    redis.call('HSET', KEYS[10], ARGV[8], ARGV[9])
+    redis.call('HSET', KEYS[10], ARGV[8], ARGV[9] .. ' ' .. ARGV[3])
 end
 
 if redis.call('EXISTS', KEYS[1]) == 1 then

@@ -33,6 +33,8 @@ from async_endpoints.stores.redis.keys import _ScriptName
 _PAGE_BUDGET: Final = 20
 """Index entries a filtered page may look at, per job it returns: a page of
 rare matches comes back shorter, with a cursor to go on."""
+_PRUNE_ROUNDS: Final = 10
+"""Rounds of one pruning at most (each looks at the oldest entries again)."""
 _MINUTES_KEPT: Final = 24 * 60
 """Finished-per-minute counts older than this many minutes are dropped."""
 
@@ -209,7 +211,7 @@ class _Queries(_Clock):
         return {n: _int(_plain(c)) for n, c in zip(names, replies, strict=True)}
 
     def prune_indexes(
-        self, names: Sequence[str], *, now: float, batch: int = 100
+        self, names: Sequence[str], *, now: float, batch: int = 500
     ) -> int:
         """Drop the index entries of jobs that are gone, oldest first: every
         status index, the handlers' in ``names``, and a few owners' (see
@@ -226,9 +228,14 @@ class _Queries(_Clock):
         indexes += [self._keys.name_index(n) for n in names]
         owner_keys = [_str(_plain(k)) for k in _list(_plain(owners))]
         indexes += owner_keys
-        dropped = _int(
-            self._call("prune", [self._keys.job_prefix, *indexes], [str(batch)])
-        )
+        dropped = 0
+        for _ in range(_PRUNE_ROUNDS):  # many may have expired since the last time
+            gone = _int(
+                self._call("prune", [self._keys.job_prefix, *indexes], [str(batch)])
+            )
+            dropped += gone
+            if gone == 0:
+                break
         with self._translate_errors():
             for key in owner_keys:  # an owner with no job left is forgotten
                 if not client.exists(key):

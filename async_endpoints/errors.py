@@ -57,6 +57,11 @@ class QueueFullError(AsyncEndpointsError):
         self.retry_after = retry_after
 
 
+class OwnerQuotaError(QueueFullError):
+    """The submitting owner already has ``ASYNC_ENDPOINTS_MAX_QUEUED_PER_OWNER``
+    jobs waiting (Queued + Scheduled); other owners are not affected."""
+
+
 class InvalidRequestError(AsyncEndpointsError, ValueError):
     """The submitted request cannot become a job (malformed JSON body)."""
 

@@ -252,6 +252,7 @@ class JobManager:
                     max_queue_size=self.settings.max_queue_size,
                     idempotency=idempotency,
                     now=now,
+                    max_per_owner=self.settings.max_queued_per_owner,
                 )
                 break
             except StoreUnavailableError:

@@ -57,6 +57,7 @@ DEFAULTS: Final[dict[str, Any]] = {
     "CALLBACK_SECRET": None,
     "CALLBACK_MAX_ATTEMPTS": 8,
     "LIST_JOBS": False,
+    "MAX_QUEUED_PER_OWNER": 0,
     "DASHBOARD_URL": None,
 }
 
@@ -95,6 +96,7 @@ class Settings:
     callback_secret: str | None
     callback_max_attempts: int
     list_jobs: bool
+    max_queued_per_owner: int
     dashboard_url: str | None
 
     def __repr__(self) -> str:
@@ -177,6 +179,7 @@ class Settings:
             callback_secret=secret if hosts else None,
             callback_max_attempts=_number(raw, "CALLBACK_MAX_ATTEMPTS", int, minimum=1),
             list_jobs=bool(raw["LIST_JOBS"]),
+            max_queued_per_owner=_number(raw, "MAX_QUEUED_PER_OWNER", int, minimum=0),
             dashboard_url=_dashboard_url(raw["DASHBOARD_URL"]),
         )
 

@@ -27,6 +27,7 @@ from async_endpoints.errors import (
     InvalidRequestError,
     JobFinishedError,
     JobNotFoundError,
+    OwnerQuotaError,
     PayloadTooLargeError,
     QueueFullError,
     StoreUnavailableError,
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 ERROR_MAP: Final[list[tuple[type[Exception], int, str, float | None]]] = [
     (JobNotFoundError, 404, "Job not found", None),
     (JobFinishedError, 409, "Job already finished", None),
+    (OwnerQuotaError, 429, "Too many waiting jobs", 1.0),
     (QueueFullError, 429, "Queue full", 1.0),
     (UnsupportedMediaTypeError, 415, "Unsupported media type", None),
     (PayloadTooLargeError, 413, "Request body too large", None),

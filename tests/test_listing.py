@@ -109,3 +109,21 @@ def test_list_jobs_turns_it_on_for_everyone(app: Flask) -> None:
     body = client.get(f"/jobs?limit=1&cursor={body['nextCursor']}").get_json()
     assert [j["id"] for j in body["jobs"]] == [ids[0]]
     assert body["nextCursor"] is None
+
+
+def test_an_owner_over_the_quota_gets_429(app: Flask) -> None:
+    app.config["ASYNC_ENDPOINTS_MAX_QUEUED_PER_OWNER"] = 2
+    ae = AsyncEndpoints(app)
+    add_handlers(ae)
+    client = app.test_client()
+    for _ in range(2):
+        assert client.post("/a", headers={"X-User": "alice"}).status_code == 202
+    response = client.post("/a", headers={"X-User": "alice"})
+    body = assert_problem(response, 429)
+    assert body["title"] == "Too many waiting jobs"
+    assert "MAX_QUEUED_PER_OWNER" in str(body["detail"])
+    assert int(response.headers["Retry-After"]) >= 1
+    assert client.post("/a", headers={"X-User": "bob"}).status_code == 202
+    with app.app_context():
+        ae.run_due_jobs()  # alice's jobs run: her places are free again
+    assert client.post("/a", headers={"X-User": "alice"}).status_code == 202

@@ -95,12 +95,16 @@ class JobStore(Protocol):
         max_queue_size: int,
         idempotency: Idempotency | None = None,
         now: float,
+        max_per_owner: int = 0,
     ) -> Job:
-        """Store ``job`` as Queued and due at ``now``; return the stored job.
+        """Store ``job`` as Queued and due at ``now`` (Scheduled when its
+        ``due_at`` is later); return the stored job.
 
         With ``idempotency`` whose key is live, return the job it made instead.
 
         :raises QueueFullError: ``max_queue_size`` > 0 jobs already wait.
+        :raises OwnerQuotaError: the job's owner already has ``max_per_owner``
+            (> 0) jobs waiting.
         :raises IdempotencyConflictError: the key was used with another fingerprint.
         """
         ...

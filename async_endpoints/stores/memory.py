@@ -19,6 +19,7 @@ from async_endpoints.errors import (
     InvalidParameterError,
     JobFinishedError,
     JobNotFoundError,
+    OwnerQuotaError,
     QueueFullError,
 )
 from async_endpoints.jobs import (
@@ -94,6 +95,7 @@ class MemoryStore:
         self._request_expiry: list[tuple[float, str]] = []
         self._seq = 0
         self._workers: dict[str, float] = {}
+        self._owner_waiting: dict[str, int] = {}
         self._notified = 0
         self._waiting = 0
         self._generation = 0
@@ -127,6 +129,14 @@ class MemoryStore:
             self._changes.append(job)
             self._changes_ready.notify_all()
         self._waiting += int(job.status.is_waiting) - int(was_waiting)
+        if job.owner:
+            change = int(job.status.is_waiting) - int(was_waiting)
+            if change:
+                count = self._owner_waiting.get(job.owner, 0) + change
+                if count:
+                    self._owner_waiting[job.owner] = count
+                else:
+                    del self._owner_waiting[job.owner]
         if job.status.is_waiting:
             assert job.due_at is not None
             self._seq += 1
@@ -217,6 +227,7 @@ class MemoryStore:
         max_queue_size: int,
         idempotency: Idempotency | None = None,
         now: float,
+        max_per_owner: int = 0,
     ) -> Job:
         """See :meth:`JobStore.submit`."""
         with self._lock:
@@ -230,6 +241,12 @@ class MemoryStore:
             if 0 < max_queue_size <= self._waiting:
                 raise QueueFullError(
                     f"The queue is full ({max_queue_size} jobs wait); try again later."
+                )
+            owner = job.owner
+            if owner and 0 < max_per_owner <= self._owner_waiting.get(owner, 0):
+                raise OwnerQuotaError(
+                    f"This owner already has {max_per_owner} jobs waiting "
+                    "(ASYNC_ENDPOINTS_MAX_QUEUED_PER_OWNER); try again later."
                 )
             due = max(now, job.due_at if job.due_at is not None else now)
             status = JobStatus.SCHEDULED if due > now else JobStatus.QUEUED

@@ -17,6 +17,7 @@ from async_endpoints.errors import (
     InvalidParameterError,
     JobFinishedError,
     JobNotFoundError,
+    OwnerQuotaError,
     QueueFullError,
 )
 from async_endpoints.jobs import (
@@ -1349,3 +1350,45 @@ def test_pages_go_through_jobs_created_at_the_same_instant(store: JobStore) -> N
         rest += [j.id for j in page]
     assert len(rest) == 23
     assert set(rest) == ids - {j.id for j in first}
+
+
+# -- per-owner quotas ----------------------------------------------------------------
+
+
+def test_an_owner_may_have_only_so_many_jobs_waiting(store: JobStore) -> None:
+    def submit_for(owner: str | None, now: float = NOW) -> Job:
+        job = make_job(now=now, owner=owner)
+        return store.submit(job, max_queue_size=0, now=now, max_per_owner=2)
+
+    first = submit_for("alice")
+    submit_for("alice", NOW + 1)
+    with pytest.raises(OwnerQuotaError):
+        submit_for("alice", NOW + 2)
+    submit_for("bob", NOW + 2)  # other owners are not affected
+    for _ in range(3):
+        submit_for(None, NOW + 2)  # nor are jobs without an owner
+    # A claim frees a place; a retry or a hand-back takes one again.
+    claims = store.claim("w", limit=1, lease=LEASE, now=NOW)
+    assert [c.job_id for c in claims] == [first.id]
+    submit_for("alice", NOW + 3)
+    with pytest.raises(OwnerQuotaError):
+        submit_for("alice", NOW + 3)
+    store.fail(claims[0], BOOM, retry_at=NOW + 60, ttl=TTL, now=NOW + 3)
+    # alice has three waiting now (the retry counts): still no room.
+    with pytest.raises(OwnerQuotaError):
+        submit_for("alice", NOW + 4)
+    waiting = [
+        j
+        for j in store.list_page(owner="alice", limit=10, now=NOW + 4)[0]
+        if j.status.is_waiting
+    ]
+    assert len(waiting) == 3
+    for job in waiting:
+        store.cancel(job.id, ttl=TTL, now=NOW + 4)
+    submit_for("alice", NOW + 5)  # canceled jobs free their places
+
+
+def test_without_a_quota_an_owner_may_queue_freely(store: JobStore) -> None:
+    for n in range(5):
+        store.submit(make_job(now=NOW + n, owner="carol"), max_queue_size=0, now=NOW)
+    assert store.queue_size() == 5

@@ -70,6 +70,8 @@ class _Keys:
         self.ticks: Final = f"{tag}:ticks"
         self.status_prefix: Final = f"{tag}:ix:s:"
         self.owners: Final = f"{tag}:ix:owners"
+        self.owner_waiting_prefix: Final = f"{tag}:ow:"
+        """Each owner's waiting jobs (zset), after this prefix."""
         self.finished: Final = f"{tag}:ix:finished"
         """Jobs that ended, per minute (hash: epoch minute -> count)."""
         self._name_prefix: Final = f"{tag}:ix:n:"

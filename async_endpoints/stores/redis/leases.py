@@ -91,6 +91,7 @@ class _Leases(_Clock):
             self._keys.job_prefix,
             self._keys.request(request_id),
             self._keys.status_prefix,
+            self._keys.owner_waiting_prefix,
         ]
         return keys, args
 
@@ -150,6 +151,7 @@ class _Leases(_Clock):
             self._keys.callbacks,
             self._keys.status_prefix,
             self._keys.finished,
+            self._keys.owner_waiting_prefix,
         ]
         args = [
             job_id,
@@ -212,6 +214,7 @@ class _Leases(_Clock):
             self._keys.callbacks,
             self._keys.status_prefix,
             self._keys.finished,
+            self._keys.owner_waiting_prefix,
         ]
         keys += [self._keys.job(c.job_id) for c in claims]
         args = [

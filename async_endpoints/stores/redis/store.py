@@ -20,6 +20,7 @@ from async_endpoints.errors import (
     IdempotencyConflictError,
     JobFinishedError,
     JobNotFoundError,
+    OwnerQuotaError,
     QueueFullError,
 )
 from async_endpoints.jobs import (
@@ -70,6 +71,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
         max_queue_size: int,
         idempotency: Idempotency | None = None,
         now: float,
+        max_per_owner: int = 0,
     ) -> Job:
         """Store ``job`` as Queued, due at ``now`` (Scheduled if its ``due_at`` is
         later), and wake one idle worker.
@@ -79,11 +81,16 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
         :param idempotency: a key whose live job is returned instead.
         :param now: epoch seconds.
         :returns: the stored job, or the one the idempotency key made.
+        :param max_per_owner: how many jobs one owner may have waiting; 0 means
+            no limit.
         :raises QueueFullError: ``max_queue_size`` jobs already wait.
+        :raises OwnerQuotaError: the job's owner has ``max_per_owner`` waiting.
         :raises IdempotencyConflictError: the key was used with another fingerprint.
         :raises StoreUnavailableError: Redis cannot be reached.
         """
-        stored = self._submit(job, max_queue_size, idempotency, None, now)
+        stored = self._submit(
+            job, max_queue_size, idempotency, None, now, max_per_owner
+        )
         assert stored is not None
         return stored
 
@@ -95,7 +102,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
 
         :raises StoreUnavailableError: Redis cannot be reached.
         """
-        return self._submit(job, 0, None, (schedule, tick), now)
+        return self._submit(job, 0, None, (schedule, tick), now, 0)
 
     def _submit(
         self,
@@ -104,6 +111,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
         idempotency: Idempotency | None,
         tick: tuple[str, float] | None,
         now: float,
+        max_per_owner: int,
     ) -> Job | None:
         due = max(now, job.due_at if job.due_at is not None else now)
         status = JobStatus.SCHEDULED if due > now else JobStatus.QUEUED
@@ -127,6 +135,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.owner_index(job.owner or ""),
             self._keys.owners,
             self._keys.ticks,
+            self._keys.owner_waiting_prefix + (job.owner or ""),
         ]
         args = [
             str(max_queue_size),
@@ -138,6 +147,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             _num(job.created_at),
             tick[0] if tick else "",
             _num(tick[1]) if tick else "",
+            str(max_per_owner),
         ]
         reply = _list(self._call("submit", keys, args + _encode_job(stored)))
         code = _int(reply[0])
@@ -153,6 +163,12 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             )
         if code == -3:
             return None
+        if code == -4:
+            raise OwnerQuotaError(
+                f"This owner already has {max_per_owner} jobs waiting "
+                "(ASYNC_ENDPOINTS_MAX_QUEUED_PER_OWNER); try again later.",
+                retry_after=1.0,
+            )
         if code == 1:
             return _decode_job(_str(reply[1]), reply[2])
         return stored
@@ -326,6 +342,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.callbacks,
             self._keys.status_prefix,
             self._keys.finished,
+            self._keys.owner_waiting_prefix,
         ]
         args = [
             str(job_id),
@@ -366,6 +383,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.wake,
             self._keys.callbacks,
             self._keys.status_prefix,
+            self._keys.owner_waiting_prefix,
         ]
         args = [
             str(job_id),

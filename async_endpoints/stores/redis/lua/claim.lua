@@ -9,6 +9,8 @@
 --          of the jobs this request claimed, PX = ARGV[7]; read, then SET)
 -- KEYS[5]  the status indexes' prefix "{prefix}:ix:s:" (a claimed id moves from
 --          KEYS[5] .. its old status to KEYS[5] .. 'InProgress', score = field c)
+-- KEYS[6]  the owners' waiting-jobs prefix "{prefix}:ow:" (a claimed job with
+--          an owner, field o, leaves KEYS[6] .. owner)
 --
 -- ARGV[1]  now on Redis's clock, epoch seconds (float string): jobs whose score
 --          is at or before it are taken
@@ -67,11 +69,13 @@ while n < limit do
         -- The hash as it was: the caller applies the claim's changes to it (status
         -- InProgress, started and updated now, no due time), saving a read.
         local fields = redis.call('HGETALL', key)
-        local status, version, watched, created
+        local status, version, watched, created, owner
         for i = 1, #fields, 2 do
             local name = fields[i]
             if name == 's' then
                 status = fields[i + 1]
+            elseif name == 'o' then
+                owner = fields[i + 1]
             elseif name == 'c' then
                 created = fields[i + 1]
             elseif name == 'v' then
@@ -93,6 +97,9 @@ while n < limit do
             redis.call('ZADD', KEYS[2], ARGV[3], id)
             redis.call('ZREM', KEYS[5] .. status, id)
             redis.call('ZADD', KEYS[5] .. 'InProgress', tonumber(created) or 0, id)
+            if owner then
+                redis.call('ZREM', KEYS[6] .. owner, id)
+            end
             out[#out + 1] = id
             out[#out + 1] = token
             out[#out + 1] = fields

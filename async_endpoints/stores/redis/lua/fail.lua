@@ -12,6 +12,8 @@
 --          InProgress to the new status, score = field c)
 -- KEYS[7]  the finished-per-minute counts {prefix}:ix:finished (hash; the
 --          field floor(now / 60) raised by one when the job ends)
+-- KEYS[8]  the owners' waiting-jobs prefix "{prefix}:ow:" (a retried job with an
+--          owner, field o, is added to KEYS[8] .. owner)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  the claim token (fencing: must be the job's current token)
@@ -32,7 +34,7 @@
 -- a job's attempts) of the failure recorded last, so that the same call sent
 -- again (its reply was lost) also answers 1 and changes nothing.
 
-local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu', 'c')
+local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu', 'c', 'o')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'f' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
@@ -57,6 +59,9 @@ else
         'u', ARGV[3])
     redis.call('HINCRBY', KEYS[1], 'a', 1)
     redis.call('ZADD', KEYS[6] .. 'Scheduled', tonumber(held[8]) or 0, ARGV[1])
+    if held[9] then
+        redis.call('ZADD', KEYS[8] .. held[9], ARGV[8], ARGV[1])
+    end
     redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
     if redis.call('LPUSH', KEYS[4], '1') > 64 then
         redis.call('LTRIM', KEYS[4], 0, 63)

@@ -12,7 +12,9 @@
 --            from InProgress to Queued or Canceled, score = field c)
 -- KEYS[6]    the finished-per-minute counts {prefix}:ix:finished (hash; the
 --            field floor(now / 60) raised by one per job canceled here)
--- KEYS[6+i]  the i-th claimed job's hash  {prefix}:job:<id>  (Queued, or Canceled
+-- KEYS[7]    the owners' waiting-jobs prefix "{prefix}:ow:" (a job handed back
+--            with an owner, field o, is added to KEYS[7] .. owner)
+-- KEYS[7+i]  the i-th claimed job's hash  {prefix}:job:<id>  (Queued, or Canceled
 --            and EXPIREd)
 --
 -- ARGV[1]      now, epoch seconds (float string)
@@ -29,10 +31,10 @@
 -- are skipped).
 
 local released, queued = 0, 0
-for i = 7, #KEYS do
-    local n = i - 6
+for i = 8, #KEYS do
+    local n = i - 7
     local id, token = ARGV[2 * n + 4], ARGV[2 * n + 5]
-    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k', 'v', 'ev', 'cu', 'c')
+    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k', 'v', 'ev', 'cu', 'c', 'o')
     if held[1] == 'InProgress' and held[2] == token then
         redis.call('HDEL', KEYS[i], 't', 'w')
         local version = (tonumber(held[4]) or 0) + 1
@@ -53,6 +55,9 @@ for i = 7, #KEYS do
                 'v', version)
             redis.call('HINCRBY', KEYS[i], 'hb', 1)
             redis.call('ZADD', KEYS[5] .. 'Queued', tonumber(held[7]) or 0, id)
+            if held[8] then
+                redis.call('ZADD', KEYS[7] .. held[8], ARGV[4], id)
+            end
             redis.call('ZADD', KEYS[1], ARGV[4], id)
             queued = queued + 1
         end

@@ -7,6 +7,8 @@
 --          is dropped: the job's callback is Pending again, for its next end)
 -- KEYS[5]  the status indexes' prefix "{prefix}:ix:s:" (the id moves from
 --          Failed to Queued, score = field c)
+-- KEYS[6]  the owners' waiting-jobs prefix "{prefix}:ow:" (a job with an owner,
+--          field o, is added to KEYS[6] .. owner)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  now, epoch seconds (float string)
@@ -18,7 +20,7 @@
 -- Returns {1, fields} with the job's hash HGETALL-style; {-1} when there is no
 -- such job; {-2, status} when the job is not Failed.
 
-local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu', 'c')
+local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu', 'c', 'o')
 local status = held[1]
 if not status then
     return {-1}
@@ -38,6 +40,9 @@ end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZREM', KEYS[5] .. 'Failed', ARGV[1])
 redis.call('ZADD', KEYS[5] .. 'Queued', tonumber(held[5]) or 0, ARGV[1])
+if held[6] then
+    redis.call('ZADD', KEYS[6] .. held[6], ARGV[3], ARGV[1])
+end
 if redis.call('LPUSH', KEYS[3], '1') > 64 then
     redis.call('LTRIM', KEYS[3], 0, 63)
 end

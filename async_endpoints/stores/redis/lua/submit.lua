@@ -18,6 +18,8 @@
 -- KEYS[10] the periodic jobs' last ticks {prefix}:ticks (hash: name -> "<tick>
 --          <job id>", or "<tick>" for a first tick that made no job), used
 --          only when ARGV[9] is not ''
+-- KEYS[11] the owner's waiting jobs {prefix}:ow:<owner> (zset; id added when
+--          ARGV[6] is not '': its size is the owner's Queued + Scheduled count)
 --
 -- ARGV[1]  max_queue_size (integer; 0 = no limit)
 -- ARGV[2]  the due time on Redis's clock, epoch seconds (float string): the
@@ -32,7 +34,8 @@
 --          job is created only if the schedule's last tick is older, and the
 --          tick becomes the last; a schedule seen for the first time records
 --          the tick and creates nothing (it starts with its next tick)
--- ARGV[10..] the job hash as field, value, field, value ... (status Queued, or
+-- ARGV[10] the most jobs one owner may have waiting (integer; 0 = no limit)
+-- ARGV[11..] the job hash as field, value, field, value ... (status Queued, or
 --          Scheduled when it is due later)
 --
 -- A re-sent call (its reply was lost and the client sent it again) finds the
@@ -41,7 +44,8 @@
 -- Returns {0} when created (the caller has the job already), {1, id, fields}
 -- for an idempotent repeat (the existing job, its hash HGETALL-style), {-1} when
 -- the queue is full, {-2} on an idempotency conflict, {-3} when the tick is not
--- newer than the schedule's last one (or was the first one seen).
+-- newer than the schedule's last one (or was the first one seen), {-4} when the
+-- owner already has ARGV[10] jobs waiting.
 
 -- A tick first: the tick, not the job's id, says whether it is new (another
 -- process may have made this tick's job already).
@@ -79,14 +83,19 @@ local limit = tonumber(ARGV[1])
 if limit > 0 and redis.call('ZCARD', KEYS[2]) >= limit then
     return {-1}
 end
+local per_owner = tonumber(ARGV[10])
+if per_owner > 0 and ARGV[6] ~= '' and redis.call('ZCARD', KEYS[11]) >= per_owner then
+    return {-4}
+end
 
-redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[6], ARGV[7], ARGV[3])
 redis.call('ZADD', KEYS[7], ARGV[7], ARGV[3])
 if ARGV[6] ~= '' then
     redis.call('ZADD', KEYS[8], ARGV[7], ARGV[3])
     redis.call('SADD', KEYS[9], KEYS[8])
+    redis.call('ZADD', KEYS[11], ARGV[2], ARGV[3])
 end
 if ARGV[4] ~= '' then
     redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5])

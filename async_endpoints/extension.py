@@ -185,6 +185,8 @@ class AsyncEndpoints:
         request_model: type[Any] | None = None,
         validate: Validator | None = None,
         max_retries: int | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | None = None,
     ) -> Callable[[_H], _H]:
         """Register a handler for ``POST rule``; returns the function unchanged.
 
@@ -196,10 +198,23 @@ class AsyncEndpoints:
             it returns a response, that is sent and no job is made.
         :param max_retries: retries after the first attempt (default
             ``ASYNC_ENDPOINTS_MAX_RETRIES``).
+        :param concurrency: at most this many of its jobs run at once, across
+            every process and machine; the others wait, Queued.
+        :param rate_limit: at most ``"N/second"``, ``"N/minute"`` or ``"N/hour"``
+            of its jobs start in any such interval, across every process.
         :raises ConfigurationError: a handler of that name exists, or an option
             is invalid.
         """
-        return self._register("POST", rule, name, request_model, validate, max_retries)
+        return self._register(
+            "POST",
+            rule,
+            name,
+            request_model,
+            validate,
+            max_retries,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
+        )
 
     def put(
         self,
@@ -209,9 +224,20 @@ class AsyncEndpoints:
         request_model: type[Any] | None = None,
         validate: Validator | None = None,
         max_retries: int | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | None = None,
     ) -> Callable[[_H], _H]:
         """Register a handler for ``PUT rule``; see :meth:`post`."""
-        return self._register("PUT", rule, name, request_model, validate, max_retries)
+        return self._register(
+            "PUT",
+            rule,
+            name,
+            request_model,
+            validate,
+            max_retries,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
+        )
 
     def patch(
         self,
@@ -221,9 +247,20 @@ class AsyncEndpoints:
         request_model: type[Any] | None = None,
         validate: Validator | None = None,
         max_retries: int | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | None = None,
     ) -> Callable[[_H], _H]:
         """Register a handler for ``PATCH rule``; see :meth:`post`."""
-        return self._register("PATCH", rule, name, request_model, validate, max_retries)
+        return self._register(
+            "PATCH",
+            rule,
+            name,
+            request_model,
+            validate,
+            max_retries,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
+        )
 
     def delete(
         self,
@@ -233,10 +270,19 @@ class AsyncEndpoints:
         request_model: type[Any] | None = None,
         validate: Validator | None = None,
         max_retries: int | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | None = None,
     ) -> Callable[[_H], _H]:
         """Register a handler for ``DELETE rule``; see :meth:`post`."""
         return self._register(
-            "DELETE", rule, name, request_model, validate, max_retries
+            "DELETE",
+            rule,
+            name,
+            request_model,
+            validate,
+            max_retries,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
         )
 
     def periodic(
@@ -272,7 +318,18 @@ class AsyncEndpoints:
         max_retries: int | None,
         *,
         schedule: Schedule | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | None = None,
     ) -> Callable[[_H], _H]:
+        if concurrency is not None and (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or concurrency < 1
+        ):
+            raise ConfigurationError(
+                f"concurrency= must be a whole number >= 1, not {concurrency!r}."
+            )
+        rate = _rate(rate_limit)
         if validate is not None and not callable(validate):
             raise ConfigurationError(f"validate= must be callable, not {validate!r}.")
         if max_retries is not None and (
@@ -306,6 +363,8 @@ class AsyncEndpoints:
                 validate=validate,
                 max_retries=max_retries,
                 schedule=schedule,
+                concurrency=concurrency,
+                rate_limit=rate,
             )
             self._handlers[job_name] = spec
             for app in list(self._states.keys()):
@@ -532,3 +591,20 @@ def _due_at(delay: float | timedelta | None, at: datetime | None) -> float | Non
             )
         return at.timestamp()
     return None
+
+
+_RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600}
+
+
+def _rate(value: str | None) -> str | None:
+    """``"100/minute"`` as the store keeps it, ``"100/60"``."""
+    if value is None:
+        return None
+    count, _, unit = str(value).partition("/")
+    seconds = _RATE_UNITS.get(unit.strip().lower().removesuffix("s"))
+    if not count.strip().isdigit() or int(count) < 1 or seconds is None:
+        raise ConfigurationError(
+            f"rate_limit={value!r} must look like '100/minute' (per second, minute "
+            "or hour, at least 1)."
+        )
+    return f"{int(count)}/{seconds}"

@@ -148,6 +148,10 @@ class Job:
     callback: Callback | None = None
     trace: dict[str, str] = field(default_factory=dict)
     """The submitting request's trace context (``traceparent``, ``tracestate``)."""
+    concurrency: int | None = None
+    """Its handler's limit of jobs running at once (all processes), if any."""
+    rate_limit: str | None = None
+    """Its handler's limit of starts, ``"N/W"``: at most N in any W seconds."""
 
     @property
     def attempt(self) -> int:

@@ -104,6 +104,8 @@ class HandlerSpec:
     :param validate: runs in the request before queuing; a response rejects it.
     :param max_retries: retries after the first attempt; ``None`` for the default.
     :param schedule: for a periodic job (no route), when it ticks.
+    :param concurrency: the most of its jobs running at once, everywhere.
+    :param rate_limit: the most starts in a window, ``"N/seconds"``.
     """
 
     name: str
@@ -114,6 +116,8 @@ class HandlerSpec:
     validate: Validator | None = None
     max_retries: int | None = None
     schedule: Schedule | None = None
+    concurrency: int | None = None
+    rate_limit: str | None = None
 
 
 def process_owner() -> str:
@@ -239,6 +243,8 @@ class JobManager:
             owner=owner,
             callback=callback,
             trace=tracing.submission_context(headers),
+            concurrency=spec.concurrency,
+            rate_limit=spec.rate_limit,
         )
         idempotency = None
         if idempotency_key is not None:
@@ -814,6 +820,8 @@ class JobManager:
             created_at=now,
             last_updated_at=now,
             due_at=now,
+            concurrency=spec.concurrency,
+            rate_limit=spec.rate_limit,
         )
         stored = self.store.submit_tick(job, schedule=spec.name, tick=tick, now=now)
         following = schedule.following(tick)

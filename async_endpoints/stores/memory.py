@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import dataclasses
 import heapq
 import json
@@ -96,6 +97,12 @@ class MemoryStore:
         self._seq = 0
         self._workers: dict[str, float] = {}
         self._owner_waiting: dict[str, int] = {}
+        # Handler limits: jobs running, parked jobs (heaps), recent starts, and
+        # the time a job set aside by the rate limit is due again.
+        self._running: dict[str, int] = {}
+        self._parked: dict[str, list[tuple[float, int, UUID]]] = {}
+        self._starts: dict[str, collections.deque[float]] = {}
+        self._deferred: dict[UUID, float] = {}
         self._notified = 0
         self._waiting = 0
         self._generation = 0
@@ -123,6 +130,15 @@ class MemoryStore:
     def _put(self, job: Job) -> Job:
         old = self._jobs.get(job.id)
         was_waiting = old is not None and old.status.is_waiting
+        if (
+            old is not None
+            and old.concurrency is not None
+            and old.status is JobStatus.IN_PROGRESS
+            and job.status is not JobStatus.IN_PROGRESS
+        ):
+            self._free_slot(old)
+        if old is not None and job.status != old.status:
+            self._deferred.pop(job.id, None)
         job = dataclasses.replace(job, version=(old.version if old else 0) + 1)
         self._jobs[job.id] = job
         if job.id in self._watched:
@@ -328,8 +344,12 @@ class MemoryStore:
             while self._ready and len(claims) < limit and self._ready[0][0] <= now:
                 due_at, _, job_id = heapq.heappop(self._ready)
                 job = self._jobs.get(job_id)
-                if job is None or not job.status.is_waiting or job.due_at != due_at:
+                expected = self._deferred.get(job_id, job.due_at if job else None)
+                if job is None or not job.status.is_waiting or expected != due_at:
                     continue
+                if not self._admit(job, due_at, now):
+                    continue
+                self._deferred.pop(job_id, None)
                 running = dataclasses.replace(
                     job,
                     status=JobStatus.IN_PROGRESS,
@@ -341,6 +361,51 @@ class MemoryStore:
                 claims.append(self._lease(running, owner, lease, now))
             self._remember(request_id, claims, lease, now)
         return claims
+
+    def _admit(self, job: Job, due_at: float, now: float) -> bool:
+        """Whether the limits of the job's handler let it start now; if not, it
+        is set aside (parked until a slot frees, or due when the rate allows)."""
+        name = job.name
+        if (
+            job.concurrency is not None
+            and self._running.get(name, 0) >= job.concurrency
+        ):
+            self._seq += 1
+            heapq.heappush(
+                self._parked.setdefault(name, []), (due_at, self._seq, job.id)
+            )
+            return False
+        if job.rate_limit is not None:
+            cap, window = job.rate_limit.split("/")
+            log = self._starts.setdefault(name, collections.deque())
+            while log and log[0] <= now - float(window):
+                log.popleft()
+            if len(log) >= int(cap):
+                opens = log[0] + float(window)
+                self._deferred[job.id] = opens
+                self._seq += 1
+                heapq.heappush(self._ready, (opens, self._seq, job.id))
+                return False
+            log.append(now)
+        if job.concurrency is not None:
+            self._running[name] = self._running.get(name, 0) + 1
+        return True
+
+    def _free_slot(self, job: Job) -> None:
+        """A limited handler's job stopped running: one of its parked jobs, if
+        any, goes back to the queue."""
+        name = job.name
+        self._running[name] = max(0, self._running.get(name, 0) - 1)
+        parked = self._parked.get(name)
+        while parked:
+            due_at, _, job_id = heapq.heappop(parked)
+            waiting = self._jobs.get(job_id)
+            if waiting is not None and waiting.status.is_waiting:
+                self._seq += 1
+                heapq.heappush(self._ready, (due_at, self._seq, job_id))
+                self._deferred[job_id] = due_at
+                self._notified += 1
+                return
 
     def heartbeat(
         self, claims: Sequence[Claim], *, lease: float, now: float

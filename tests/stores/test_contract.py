@@ -1392,3 +1392,70 @@ def test_without_a_quota_an_owner_may_queue_freely(store: JobStore) -> None:
     for n in range(5):
         store.submit(make_job(now=NOW + n, owner="carol"), max_queue_size=0, now=NOW)
     assert store.queue_size() == 5
+
+
+# -- per-handler concurrency and rate limits ----------------------------------------
+
+
+def limited(store: JobStore, n: int, now: float = NOW, **limits: object) -> list[Job]:
+    jobs = []
+    for k in range(n):
+        job = dataclasses.replace(
+            make_job(name="Limited", now=now + k / 1000), **limits
+        )
+        jobs.append(store.submit(job, max_queue_size=0, now=now))
+    return jobs
+
+
+def test_a_concurrency_limit_holds_and_frees_slots_as_jobs_end(store: JobStore) -> None:
+    limited(store, 5, concurrency=2)
+    other = submit(store, now=NOW)  # an unlimited handler's job, due with them
+    first = store.claim("w", limit=10, lease=LEASE, now=NOW)
+    names = sorted(c.job.name for c in first)
+    assert names == ["Echo", "Limited", "Limited"]  # two slots, and the other job
+    assert other in {c.job_id for c in first}
+    # The others wait (Queued) and no claim takes them while both slots are held.
+    assert store.claim("w", limit=10, lease=LEASE, now=NOW + 1) == []
+    assert store.queue_size() == 3
+    running = [c for c in first if c.job.name == "Limited"]
+    # An end frees a slot: one waiting job can start.
+    store.complete(running[0], None, ttl=TTL, now=NOW + 2)
+    (second,) = store.claim("w", limit=10, lease=LEASE, now=NOW + 2)
+    assert second.job.name == "Limited"
+    # A failure (retried later) and a hand-back free theirs too.
+    store.fail(running[1], BOOM, retry_at=NOW + 100, ttl=TTL, now=NOW + 3)
+    store.release([second], ttl=TTL, now=NOW + 3)
+    again = store.claim("w", limit=10, lease=LEASE, now=NOW + 4)
+    assert len(again) == 2
+    assert store.claim("w", limit=10, lease=LEASE, now=NOW + 5) == []
+
+
+def test_a_parked_job_can_be_canceled(store: JobStore) -> None:
+    jobs = limited(store, 2, concurrency=1)
+    (running,) = store.claim("w", limit=5, lease=LEASE, now=NOW)
+    parked = next(j for j in jobs if j.id != running.job_id)
+    assert store.cancel(parked.id, ttl=TTL, now=NOW).status is JobStatus.CANCELED
+    store.complete(running, None, ttl=TTL, now=NOW + 1)
+    assert store.claim("w", limit=5, lease=LEASE, now=NOW + 1) == []
+
+
+def test_a_rate_limit_spreads_starts_over_its_window(store: JobStore) -> None:
+    limited(store, 5, rate_limit="2/60")
+    starts: list[float] = []
+    for t in (0, 1, 30, 59.9, 60, 61, 119, 120, 121):
+        claims = store.claim("w", limit=10, lease=LEASE, now=NOW + t)
+        starts += [NOW + t] * len(claims)
+        for claim in claims:
+            store.complete(claim, None, ttl=TTL, now=NOW + t)
+    assert starts == [NOW, NOW, NOW + 60, NOW + 60, NOW + 120]
+    # Never more than 2 in any 60 s.
+    for s in starts:
+        assert len([x for x in starts if s <= x < s + 60]) <= 2
+
+
+def test_a_rate_limited_job_does_not_hold_up_others(store: JobStore) -> None:
+    limited(store, 3, rate_limit="1/60")
+    other = submit(store, now=NOW + 1)
+    claims = store.claim("w", limit=10, lease=LEASE, now=NOW + 1)
+    assert sorted(c.job.name for c in claims) == ["Echo", "Limited"]
+    assert other in {c.job_id for c in claims}

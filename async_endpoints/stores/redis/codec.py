@@ -65,6 +65,8 @@ def _encode_job(job: Job) -> list[str]:
         "hb": str(job.handbacks) if job.handbacks else None,
         "v": str(job.version),
         "tc": _dump(job.trace) if job.trace else None,
+        "cc": None if job.concurrency is None else str(job.concurrency),
+        "rl": job.rate_limit,
     }
     if job.callback is not None:
         fields["cu"] = job.callback.url
@@ -174,6 +176,8 @@ def _decode_job(job_id: str, flat: _Reply, claimed_at: float | None = None) -> J
             last_error=f.get("ce"),
         ),
         trace=json.loads(f["tc"]) if "tc" in f else {},
+        concurrency=int(f["cc"]) if "cc" in f else None,
+        rate_limit=f.get("rl"),
     )
 
 

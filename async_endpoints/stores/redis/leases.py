@@ -92,6 +92,9 @@ class _Leases(_Clock):
             self._keys.request(request_id),
             self._keys.status_prefix,
             self._keys.owner_waiting_prefix,
+            self._keys.rate_prefix,
+            self._keys.running,
+            self._keys.parked_prefix,
         ]
         return keys, args
 
@@ -152,6 +155,8 @@ class _Leases(_Clock):
             self._keys.status_prefix,
             self._keys.finished,
             self._keys.owner_waiting_prefix,
+            self._keys.running,
+            self._keys.parked_prefix,
         ]
         args = [
             job_id,
@@ -215,6 +220,8 @@ class _Leases(_Clock):
             self._keys.status_prefix,
             self._keys.finished,
             self._keys.owner_waiting_prefix,
+            self._keys.running,
+            self._keys.parked_prefix,
         ]
         keys += [self._keys.job(c.job_id) for c in claims]
         args = [

@@ -312,9 +312,14 @@ class _Queries(_Clock):
         return StoreStats(counts=counts, oldest_waiting_at=oldest, workers=alive)
 
     def queue_size(self) -> int:
-        """How many jobs wait (Queued + Scheduled).
+        """How many jobs wait (Queued + Scheduled, from their indexes: parked
+        jobs of a limited handler count too).
 
         :raises StoreUnavailableError: Redis cannot be reached.
         """
         with self._translate_errors():
-            return int(self._redis().zcard(self._keys.ready))
+            pipe = self._redis().pipeline(transaction=False)
+            pipe.zcard(self._keys.status_index(JobStatus.QUEUED.value))
+            pipe.zcard(self._keys.status_index(JobStatus.SCHEDULED.value))
+            queued, scheduled = pipe.execute()
+        return int(queued) + int(scheduled)

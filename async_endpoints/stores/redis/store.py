@@ -136,6 +136,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.owners,
             self._keys.ticks,
             self._keys.owner_waiting_prefix + (job.owner or ""),
+            self._keys.status_prefix,
         ]
         args = [
             str(max_queue_size),
@@ -240,6 +241,10 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.callbacks,
             self._keys.status_prefix,
             self._keys.finished,
+            self._keys.running,
+            self._keys.parked_prefix,
+            self._keys.ready,
+            self._keys.wake,
         ]
         encoded = "" if result is None else _dump(result)
         args = [str(claim.job_id), claim.token, _num(now), encoded, _ttl_seconds(ttl)]
@@ -343,6 +348,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.status_prefix,
             self._keys.finished,
             self._keys.owner_waiting_prefix,
+            self._keys.parked_prefix,
         ]
         args = [
             str(job_id),

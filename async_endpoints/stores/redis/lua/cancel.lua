@@ -10,6 +10,8 @@
 --          field floor(now / 60) raised by one when the job ends here)
 -- KEYS[6]  the owners' waiting-jobs prefix "{prefix}:ow:" (a canceled waiting
 --          job with an owner, field o, leaves KEYS[6] .. owner)
+-- KEYS[7]  the parked jobs' prefix "{prefix}:parked:" (a canceled waiting job of
+--          a handler with a concurrency limit, field cc, leaves KEYS[7] .. name)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  now, epoch seconds (float string)
@@ -27,7 +29,7 @@
 -- Canceled) with its hash HGETALL-style; -1 = no such job ({-1});
 -- -2 = the job is Completed or Failed ({-2, status}).
 
-local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu', 'c', 'o')
+local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu', 'c', 'o', 'cc', 'n')
 local status = held[1]
 if not status then
     return {-1}
@@ -53,6 +55,9 @@ elseif status ~= 'Canceled' then
     redis.call('ZREM', KEYS[4] .. status, ARGV[1])
     if held[6] then
         redis.call('ZREM', KEYS[6] .. held[6], ARGV[1])
+    end
+    if held[7] then
+        redis.call('ZREM', KEYS[7] .. held[8], ARGV[1])
     end
     redis.call('ZADD', KEYS[4] .. 'Canceled', tonumber(held[5]) or 0, ARGV[1])
     redis.call('HINCRBY', KEYS[5], math.floor(tonumber(ARGV[2]) / 60), 1)

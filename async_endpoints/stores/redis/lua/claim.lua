@@ -11,6 +11,15 @@
 --          KEYS[5] .. its old status to KEYS[5] .. 'InProgress', score = field c)
 -- KEYS[6]  the owners' waiting-jobs prefix "{prefix}:ow:" (a claimed job with
 --          an owner, field o, leaves KEYS[6] .. owner)
+-- KEYS[7]  the rate logs' prefix "{prefix}:rate:" (KEYS[7] .. name: a zset of the
+--          claims of a rate-limited handler, field rl "N/W": at most N in any
+--          W seconds; a job over it goes back to KEYS[1], due when the window
+--          lets it start)
+-- KEYS[8]  the running counts {prefix}:running (hash: name -> jobs running, for
+--          handlers with a concurrency limit, field cc)
+-- KEYS[9]  the parked jobs' prefix "{prefix}:parked:" (KEYS[9] .. name: a zset
+--          of the waiting jobs of a handler whose every slot was taken; the end
+--          of one of its jobs moves one back to KEYS[1])
 --
 -- ARGV[1]  now on Redis's clock, epoch seconds (float string): jobs whose score
 --          is at or before it are taken
@@ -58,24 +67,38 @@ end
 local now, limit, stamp = ARGV[1], tonumber(ARGV[2]), ARGV[6]
 local claimed = {}
 local n = 0
-while n < limit do
-    local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit - n)
-    if #ids == 0 then
+local examined = 0  -- bounded: a burst of limited jobs is set aside over claims
+while n < limit and examined < limit + 1000 do
+    local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES',
+        'LIMIT', 0, limit - n)
+    if #due == 0 then
         break
     end
+    local ids = {}
+    for i = 1, #due, 2 do
+        ids[#ids + 1] = due[i]
+    end
     redis.call('ZREM', KEYS[1], unpack(ids))
-    for _, id in ipairs(ids) do
+    for i, id in ipairs(ids) do
+        local score = due[2 * i]
+        examined = examined + 1
         local key = KEYS[3] .. id
         -- The hash as it was: the caller applies the claim's changes to it (status
         -- InProgress, started and updated now, no due time), saving a read.
         local fields = redis.call('HGETALL', key)
-        local status, version, watched, created, owner
+        local status, version, watched, created, owner, handler, slots, rate
         for i = 1, #fields, 2 do
             local name = fields[i]
             if name == 's' then
                 status = fields[i + 1]
             elseif name == 'o' then
                 owner = fields[i + 1]
+            elseif name == 'n' then
+                handler = fields[i + 1]
+            elseif name == 'cc' then
+                slots = tonumber(fields[i + 1])
+            elseif name == 'rl' then
+                rate = fields[i + 1]
             elseif name == 'c' then
                 created = fields[i + 1]
             elseif name == 'v' then
@@ -84,7 +107,36 @@ while n < limit do
                 watched = true
             end
         end
-        if status == 'Queued' or status == 'Scheduled' then
+        if not status then  -- the job is gone: so are its waiting entries
+            redis.call('ZREM', KEYS[5] .. 'Queued', id)
+            redis.call('ZREM', KEYS[5] .. 'Scheduled', id)
+        end
+        local admitted = status == 'Queued' or status == 'Scheduled'
+        if admitted and slots then
+            local running = tonumber(redis.call('HGET', KEYS[8], handler) or '0')
+            if running >= slots then
+                redis.call('ZADD', KEYS[9] .. handler, score, id)
+                admitted = false
+            end
+        end
+        if admitted and rate then
+            local cap, window = string.match(rate, '^(%d+)/([%d.]+)$')
+            cap, window = tonumber(cap), tonumber(window)
+            local log = KEYS[7] .. handler
+            redis.call('ZREMRANGEBYSCORE', log, '-inf', tonumber(now) - window)
+            if redis.call('ZCARD', log) >= cap then
+                local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+                redis.call('ZADD', KEYS[1], tonumber(oldest[2]) + window, id)
+                admitted = false
+            else
+                redis.call('ZADD', log, now, ARGV[4] .. ':' .. id)
+                redis.call('PEXPIRE', log, math.ceil(window * 1000) + 1000)
+            end
+        end
+        if admitted and slots then
+            redis.call('HINCRBY', KEYS[8], handler, 1)
+        end
+        if admitted then
             n = n + 1
             local token = ARGV[4] .. ':' .. n
             -- d (the due time) stays: it means nothing once the job is not waiting.

@@ -12,6 +12,12 @@
 --          InProgress to the final status, score = field c)
 -- KEYS[6]  the finished-per-minute counts {prefix}:ix:finished (hash; the
 --          field floor(now / 60) raised by one)
+-- KEYS[7]  the running counts {prefix}:running (hash; a handler with a
+--          concurrency limit, field cc, runs one job fewer)
+-- KEYS[8]  the parked jobs' prefix "{prefix}:parked:" (one of the handler's
+--          parked jobs, if any, moves back to KEYS[9], and KEYS[10] is woken)
+-- KEYS[9]  the waiting-jobs zset {prefix}:ready
+-- KEYS[10] the wake-up list      {prefix}:wake
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  the claim token (fencing: must be the job's current token)
@@ -31,7 +37,8 @@
 -- a job's attempts) of the completion that ended the job, so that the same call
 -- sent again (its reply was lost) also answers 1 and changes nothing.
 
-local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu', 'c')
+local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu', 'c',
+    'cc', 'n')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'c' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
@@ -50,6 +57,19 @@ redis.call('ZREM', KEYS[5] .. 'InProgress', ARGV[1])
 redis.call('ZADD', KEYS[5] .. status, tonumber(held[8]) or 0, ARGV[1])
 redis.call('HINCRBY', KEYS[6], math.floor(tonumber(ARGV[3]) / 60), 1)
 redis.call('DEL', KEYS[3])
+if held[9] then  -- a slot of a limited handler frees: one parked job back
+    if redis.call('HINCRBY', KEYS[7], held[10], -1) < 0 then
+        redis.call('HSET', KEYS[7], held[10], 0)
+    end
+    local back = redis.call('ZPOPMIN', KEYS[8] .. held[10])
+    if back[1] then
+        redis.call('ZADD', KEYS[9], back[2], back[1])
+        if redis.call('LPUSH', KEYS[10], '1') > 64 then
+            redis.call('LTRIM', KEYS[10], 0, 63)
+        end
+    end
+end
+
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 if held[7] then
     redis.call('ZADD', KEYS[4], 0, ARGV[1])

@@ -14,6 +14,10 @@
 --          field floor(now / 60) raised by one when the job ends)
 -- KEYS[8]  the owners' waiting-jobs prefix "{prefix}:ow:" (a retried job with an
 --          owner, field o, is added to KEYS[8] .. owner)
+-- KEYS[9]  the running counts {prefix}:running (hash; a handler with a
+--          concurrency limit, field cc, runs one job fewer)
+-- KEYS[10] the parked jobs' prefix "{prefix}:parked:" (one of the handler's
+--          parked jobs, if any, moves back to KEYS[2], and KEYS[4] is woken)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  the claim token (fencing: must be the job's current token)
@@ -34,12 +38,26 @@
 -- a job's attempts) of the failure recorded last, so that the same call sent
 -- again (its reply was lost) also answers 1 and changes nothing.
 
-local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu', 'c', 'o')
+local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu', 'c', 'o',
+    'cc', 'n')
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'f' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[6] .. 'InProgress', ARGV[1])
+if held[10] then  -- a slot of a limited handler frees: one parked job back
+    if redis.call('HINCRBY', KEYS[9], held[11], -1) < 0 then
+        redis.call('HSET', KEYS[9], held[11], 0)
+    end
+    local back = redis.call('ZPOPMIN', KEYS[10] .. held[11])
+    if back[1] then
+        redis.call('ZADD', KEYS[2], back[2], back[1])
+        if redis.call('LPUSH', KEYS[4], '1') > 64 then
+            redis.call('LTRIM', KEYS[4], 0, 63)
+        end
+    end
+end
+
 redis.call('HDEL', KEYS[1], 't', 'w', 'hb')
 redis.call('HSET', KEYS[1], 'lt', 'f' .. string.sub(ARGV[2], 1, 8),
     'v', (tonumber(held[5]) or 0) + 1)

@@ -14,7 +14,11 @@
 --            field floor(now / 60) raised by one per job canceled here)
 -- KEYS[7]    the owners' waiting-jobs prefix "{prefix}:ow:" (a job handed back
 --            with an owner, field o, is added to KEYS[7] .. owner)
--- KEYS[7+i]  the i-th claimed job's hash  {prefix}:job:<id>  (Queued, or Canceled
+-- KEYS[8]    the running counts {prefix}:running (hash; a handler with a
+--            concurrency limit, field cc, runs one job fewer)
+-- KEYS[9]    the parked jobs' prefix "{prefix}:parked:" (one of the handler's
+--            parked jobs, if any, moves back to KEYS[1], and KEYS[3] is woken)
+-- KEYS[9+i]  the i-th claimed job's hash  {prefix}:job:<id>  (Queued, or Canceled
 --            and EXPIREd)
 --
 -- ARGV[1]      now, epoch seconds (float string)
@@ -31,15 +35,29 @@
 -- are skipped).
 
 local released, queued = 0, 0
-for i = 8, #KEYS do
-    local n = i - 7
+for i = 10, #KEYS do
+    local n = i - 9
     local id, token = ARGV[2 * n + 4], ARGV[2 * n + 5]
-    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k', 'v', 'ev', 'cu', 'c', 'o')
+    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k', 'v', 'ev', 'cu', 'c', 'o',
+        'cc', 'n')
     if held[1] == 'InProgress' and held[2] == token then
         redis.call('HDEL', KEYS[i], 't', 'w')
         local version = (tonumber(held[4]) or 0) + 1
         redis.call('ZREM', KEYS[2], id)
         redis.call('ZREM', KEYS[5] .. 'InProgress', id)
+        if held[9] then  -- a slot of a limited handler frees: one parked job back
+            if redis.call('HINCRBY', KEYS[8], held[10], -1) < 0 then
+                redis.call('HSET', KEYS[8], held[10], 0)
+            end
+            local back = redis.call('ZPOPMIN', KEYS[9] .. held[10])
+            if back[1] then
+                redis.call('ZADD', KEYS[1], back[2], back[1])
+                if redis.call('LPUSH', KEYS[3], '1') > 64 then
+                    redis.call('LTRIM', KEYS[3], 0, 63)
+                end
+            end
+        end
+
         if held[3] then
             redis.call('ZADD', KEYS[5] .. 'Canceled', tonumber(held[7]) or 0, id)
             redis.call('HINCRBY', KEYS[6], math.floor(tonumber(ARGV[1]) / 60), 1)

@@ -20,6 +20,8 @@
 --          only when ARGV[9] is not ''
 -- KEYS[11] the owner's waiting jobs {prefix}:ow:<owner> (zset; id added when
 --          ARGV[6] is not '': its size is the owner's Queued + Scheduled count)
+-- KEYS[12] the status indexes' prefix "{prefix}:ix:s:" (the Queued and
+--          Scheduled indexes count the waiting jobs, for the queue limit)
 --
 -- ARGV[1]  max_queue_size (integer; 0 = no limit)
 -- ARGV[2]  the due time on Redis's clock, epoch seconds (float string): the
@@ -80,8 +82,13 @@ if ARGV[4] ~= '' then
 end
 
 local limit = tonumber(ARGV[1])
-if limit > 0 and redis.call('ZCARD', KEYS[2]) >= limit then
-    return {-1}
+if limit > 0 then
+    -- Every waiting job, parked ones included (they are not in KEYS[2]).
+    local waiting = redis.call('ZCARD', KEYS[12] .. 'Queued')
+        + redis.call('ZCARD', KEYS[12] .. 'Scheduled')
+    if waiting >= limit then
+        return {-1}
+    end
 end
 local per_owner = tonumber(ARGV[10])
 if per_owner > 0 and ARGV[6] ~= '' and redis.call('ZCARD', KEYS[11]) >= per_owner then

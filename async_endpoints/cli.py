@@ -269,7 +269,8 @@ def cancel_command(job_id: str) -> None:
 @cli.command("stats")
 def stats_command() -> None:
     """Counts per status, queue depth, oldest waiting job and live workers."""
-    stats = _manager().stats()
+    manager = _manager()
+    stats = manager.stats()
     for status in JobStatus:
         click.echo(f"{status.value + ':':12} {stats.counts.get(status, 0)}")
     click.echo(f"{'queue depth:':12} {stats.queue_depth}")
@@ -277,6 +278,11 @@ def stats_command() -> None:
     click.echo(f"workers alive: {len(stats.workers)}")
     for owner, seen in sorted(stats.workers.items()):
         click.echo(f"  {owner}  last heartbeat {_age(seen)} ago")
+    usage = manager.limit_usage()
+    if usage:
+        click.echo("limits:")
+        for name, line in usage.items():
+            click.echo(f"  {name}: {line}")
 
 
 @cli.command("purge")

@@ -240,6 +240,7 @@ def _overview(st: AppState) -> dict[str, Any]:
     return {
         "counts": {s.value: stats.counts.get(s, 0) for s in JobStatus},
         "handlers": manager.handler_counts(),
+        "limits": manager.limit_usage(),
         "queueDepth": stats.queue_depth,
         "oldestWaitingAt": format_timestamp(stats.oldest_waiting_at),
         "oldestWaitingSeconds": (

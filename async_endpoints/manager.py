@@ -336,6 +336,31 @@ class JobManager:
             now=time.time(),
         )
 
+    def limit_usage(self) -> dict[str, str]:
+        """For each handler with a limit, how it stands: ``"running 2/2"``,
+        ``"started 37 in the last 60 s (limit 100)"``."""
+        limited = {
+            s.name: s
+            for s in self.handlers.values()
+            if s.concurrency is not None or s.rate_limit is not None
+        }
+        windows = {
+            n: float(s.rate_limit.split("/")[1]) if s.rate_limit else 0.0
+            for n, s in limited.items()
+        }
+        usage = self.store.limit_usage(windows, now=time.time())
+        lines: dict[str, str] = {}
+        for name, spec in sorted(limited.items()):
+            running, started = usage.get(name, (0, 0))
+            parts = []
+            if spec.concurrency is not None:
+                parts.append(f"running {running}/{spec.concurrency}")
+            if spec.rate_limit is not None:
+                cap, window = spec.rate_limit.split("/")
+                parts.append(f"started {started} in the last {window} s (limit {cap})")
+            lines[name] = ", ".join(parts)
+        return lines
+
     def handler_counts(self) -> dict[str, int]:
         """How many jobs each registered handler has."""
         return self.store.handler_counts(sorted(self.handlers), now=time.time())

@@ -308,3 +308,31 @@ def test_a_job_submitted_while_paging_does_not_list_one_twice(
     listed = [line.split()[0] for line in out.splitlines()[1:]]
     assert len(listed) == 4
     assert len(set(listed)) == 4
+
+
+def test_stats_shows_how_limited_handlers_stand() -> None:
+    from flask import Flask
+
+    from async_endpoints import AsyncEndpoints
+
+    app = Flask(__name__)
+    app.config["ASYNC_ENDPOINTS_START_WORKER"] = False
+    ae = AsyncEndpoints(app)
+
+    @ae.post("/report", name="Report", concurrency=2)
+    def report(ctx: AsyncContext) -> None:
+        return None
+
+    @ae.post("/charge", name="Charge", rate_limit="100/minute")
+    def charge(ctx: AsyncContext) -> None:
+        return None
+
+    with app.app_context():
+        for _ in range(3):
+            ae.submit("Report")
+            ae.submit("Charge")
+        ae._state().manager.claim("w", 10)
+    result = app.test_cli_runner().invoke(args=["async-endpoints", "stats"])
+    assert result.exit_code == 0, result.output
+    assert "Report: running 2/2" in result.output
+    assert "Charge: started 3 in the last 60 s (limit 100)" in result.output

@@ -281,6 +281,14 @@ class JobStore(Protocol):
         whatever its fingerprint."""
         ...
 
+    def limit_usage(
+        self, windows: dict[str, float], *, now: float
+    ) -> dict[str, tuple[int, int]]:
+        """For each handler in ``windows`` (name -> its rate window in seconds,
+        0 for none): how many of its jobs run now (counted for handlers with a
+        concurrency limit), and how many started in the last window."""
+        ...
+
     def handler_counts(self, names: Sequence[str], *, now: float) -> dict[str, int]:
         """How many jobs each handler in ``names`` has (every status)."""
         ...

@@ -709,6 +709,21 @@ class MemoryStore:
                 return None
             return self._jobs.get(known[0])
 
+    def limit_usage(
+        self, windows: dict[str, float], *, now: float
+    ) -> dict[str, tuple[int, int]]:
+        """See :meth:`JobStore.limit_usage`."""
+        with self._lock:
+            return {
+                name: (
+                    self._running.get(name, 0),
+                    sum(1 for t in self._starts.get(name, ()) if t > now - window)
+                    if window
+                    else 0,
+                )
+                for name, window in windows.items()
+            }
+
     def handler_counts(self, names: Sequence[str], *, now: float) -> dict[str, int]:
         """See :meth:`JobStore.handler_counts`."""
         counts = dict.fromkeys(names, 0)

@@ -77,3 +77,25 @@ if os.environ.get("AE_TEST_PERIODIC_SECONDS"):
         """Record which process ran which tick's job."""
         _counter.hincrby("itest-ticks", str(ctx.job_id), 1)
         return {"pid": os.getpid()}
+
+
+CAPPED = int(os.environ.get("AE_TEST_CONCURRENCY", "2"))
+
+
+@ae.post("/capped", name="Capped", concurrency=CAPPED)
+def capped(ctx: AsyncContext) -> dict[str, object]:
+    """Record how many of its kind run at once (the highest count seen)."""
+    now_running = _counter.incr("itest-capped-running")
+    _counter.zadd("itest-capped-peaks", {str(now_running): now_running})
+    try:
+        time.sleep(0.05)
+    finally:
+        _counter.decr("itest-capped-running")
+    return {"pid": os.getpid()}
+
+
+@ae.post("/rated", name="Rated", rate_limit=os.environ.get("AE_TEST_RATE", "5/second"))
+def rated(ctx: AsyncContext) -> dict[str, object]:
+    """Record when each run started."""
+    _counter.rpush("itest-rated-starts", repr(time.time()))
+    return {"pid": os.getpid()}

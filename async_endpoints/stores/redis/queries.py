@@ -197,6 +197,36 @@ class _Queries(_Clock):
             if len(ids) < 500:
                 return deleted
 
+    def limit_usage(
+        self, windows: dict[str, float], *, now: float
+    ) -> dict[str, tuple[int, int]]:
+        """Running counts and recent starts of limited handlers (see
+        :meth:`JobStore.limit_usage`).
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        names = list(windows)
+        server = self._server(now)
+        with self._translate_errors():
+            pipe = self._redis().pipeline(transaction=False)
+            for name in names:
+                pipe.hget(self._keys.running, name)
+                pipe.zcount(
+                    self._keys.rate_prefix + name,
+                    f"({_num(server - windows[name])}",
+                    "+inf",
+                )
+            replies: list[object] = pipe.execute()
+        usage: dict[str, tuple[int, int]] = {}
+        for i, name in enumerate(names):
+            running = _plain(replies[2 * i])
+            started = _int(_plain(replies[2 * i + 1]))
+            usage[name] = (
+                max(0, int(_str(running))) if running is not None else 0,
+                started if windows[name] else 0,
+            )
+        return usage
+
     def handler_counts(self, names: Sequence[str], *, now: float) -> dict[str, int]:
         """How many jobs each handler has: its index's size (see
         :meth:`JobStore.handler_counts`).

@@ -1,0 +1,106 @@
+"""Handler limits across real processes on a real Redis: a concurrency limit that
+no number of processes and threads exceeds, and a rate limit on starts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+
+from async_endpoints import AsyncContext, AsyncEndpoints, JobStatus
+from tests.conftest import RedisServer
+from tests.integration.processes import start_worker
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield redis_server.url
+    client.flushdb()
+    client.close()
+
+
+def submitter(redis_url: str) -> tuple[Flask, AsyncEndpoints]:
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_STORE_URL=redis_url,
+        ASYNC_ENDPOINTS_KEY_PREFIX="itest",
+        ASYNC_ENDPOINTS_START_WORKER=False,
+        ASYNC_ENDPOINTS_MAX_QUEUE_SIZE=0,
+    )
+    ae = AsyncEndpoints(app)
+
+    @ae.post("/capped", name="Capped", concurrency=2)
+    def capped(ctx: AsyncContext) -> None:
+        raise AssertionError("the submitting process runs no job")
+
+    @ae.post("/rated", name="Rated", rate_limit="5/second")
+    def rated(ctx: AsyncContext) -> None:
+        raise AssertionError("the submitting process runs no job")
+
+    return app, ae
+
+
+def all_done(app: Flask, ae: AsyncEndpoints, ids: list[object]) -> bool:
+    with app.app_context():
+        jobs = [ae.get_job(i) for i in ids]  # type: ignore[arg-type]
+    return all(j is not None and j.status is JobStatus.COMPLETED for j in jobs)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_limits_hold_across_processes(redis_url: str, tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env.update(
+        AE_TEST_REDIS_URL=redis_url,
+        AE_TEST_CONCURRENCY="2",
+        AE_TEST_RATE="5/second",
+        ASYNC_ENDPOINTS_MAX_CONCURRENCY="4",
+        ASYNC_ENDPOINTS_MAX_QUEUE_SIZE="0",
+    )
+    client = redis.Redis.from_url(redis_url)
+    app, ae = submitter(redis_url)
+    procs = [start_worker(env, tmp_path / f"worker-{n}.log") for n in range(3)]
+    try:
+        with app.app_context():
+            capped = [ae.submit("Capped", {"n": n}).id for n in range(40)]
+            rated = [ae.submit("Rated", {"n": n}).id for n in range(15)]
+        deadline = time.monotonic() + 60
+        while not all_done(app, ae, capped + rated) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all_done(app, ae, capped + rated), "the jobs did not all run"
+    finally:
+        stop(procs)
+    # 3 processes x 4 threads, yet never more than 2 Capped jobs at once.
+    peaks = [int(p) for p in client.zrange("itest-capped-peaks", 0, -1)]
+    assert max(peaks) <= 2, peaks
+    assert max(peaks) == 2  # and the limit was used
+    # At most 5 Rated starts (their startedAt, the claims) in any second.
+    with app.app_context():
+        starts = sorted(ae.get_job(i).started_at for i in rated)  # type: ignore[union-attr,type-var]
+    assert len(starts) == 15
+    for i, s in enumerate(starts):
+        in_window = [t for t in starts[i:] if t < s + 1.0]
+        assert len(in_window) <= 5, (s, in_window)
+    # 15 starts at 5 a second take at least 2 s.
+    assert starts[-1] - starts[0] >= 1.9

@@ -38,6 +38,8 @@ an application or its tests may seed) alone."""
 _TOLD_GRACE = 1.0
 _PRUNE_EVERY = 6
 """Sweeps between two prunings of the listing indexes (a read prunes too)."""
+_CALLBACK_THREADS = 4
+"""Callback deliveries one process sends at once."""
 _CALLBACK_BATCH = 1
 """Callback deliveries claimed at once: one, sent within its lease (a claim of
 several, sent one after another, could outlast the later ones' leases)."""
@@ -106,15 +108,16 @@ class Worker:
             ),
         ]
         if settings.callback_hosts:
-            # Deliveries on their own thread: a slow receiver (up to the timeout)
-            # holds up no job.
-            self._threads.append(
+            # Deliveries on threads of their own: a slow receiver (up to the
+            # timeout) holds up no job, and no more than one of the deliveries.
+            self._threads += [
                 threading.Thread(
                     target=self._deliver_callbacks,
-                    name=f"{name}-callbacks",
+                    name=f"{name}-callbacks-{n}",
                     daemon=True,
                 )
-            )
+                for n in range(1, _CALLBACK_THREADS + 1)
+            ]
         self._started = False
 
     def __repr__(self) -> str:

@@ -488,3 +488,26 @@ def test_an_ipv6_literal_host_can_be_allowed(receiver: Receiver) -> None:
         "/work", json={}, headers={"Callback-Url": "http://[::1]:8080/hook"}
     )
     assert response.status_code == 202, response.get_data(as_text=True)
+
+
+def test_a_slow_receiver_holds_up_no_other_delivery(receiver: Receiver) -> None:
+    receiver.hold = threading.Event()  # the first delivery is not answered yet
+    app, ae = callback_app(START_WORKER=True)
+    client = app.test_client()
+    try:
+        slow = submit(client, receiver.url)
+        wait_until(lambda: len(receiver.received) == 1, 10, "the first delivery")
+        fast = submit(client, receiver.url)
+
+        def delivered(job_id: str) -> bool:
+            body = client.get(f"/jobs/{job_id}").get_json()
+            return bool(body["callback"]["status"] == "Delivered")
+
+        wait_until(lambda: delivered(fast["id"]), 10, "the second delivery")
+        assert not delivered(slow["id"])  # still held by its receiver
+        receiver.hold.set()
+        wait_until(lambda: delivered(slow["id"]), 10, "the first delivery's end")
+    finally:
+        receiver.hold.set()
+        with app.app_context():
+            ae.shutdown()

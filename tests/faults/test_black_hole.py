@@ -396,6 +396,8 @@ def assert_run_again_and_completed_once(
     assert ended.result == {"attempt": 2}
     assert ended.error is None
     assert [attempt for attempt, _ in sorted(handler.returned)] == [1, 2]
+    # The signal follows the store's answer, a moment after the status shows.
+    wait_until(lambda: bool(succeeded), 5, "the succeeded signal")
     assert succeeded == [job_id]  # the first run's completion was fenced out
 
 
@@ -422,6 +424,8 @@ def test_a_black_hole_shorter_than_the_lease_neither_ends_nor_repeats_the_run(
     assert ended.retry_count == 0
     assert ended.result == {"attempt": 1}
     assert handler.returned == [(1, None)]
+    # The signal follows the store's answer, a moment after the status shows.
+    wait_until(lambda: bool(succeeded), 5, "the succeeded signal")
     assert succeeded == [job_id]
 
 

@@ -684,6 +684,8 @@ def test_a_completion_lost_until_a_heartbeat_finds_it_applied_still_counts(
             20,
             "both jobs to end",
         )
+        # The signals follow the store's answers, a moment after the statuses.
+        wait_until(lambda: len(succeeded) == 2, 5, "both succeeded signals")
     finally:
         fault_proxy.drop_replies(0, seed=0)
         with app.app_context():

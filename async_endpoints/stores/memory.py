@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
 import dataclasses
 import heapq
-import json
-import math
 import threading
 import time
 import uuid
@@ -17,7 +13,6 @@ from uuid import UUID
 
 from async_endpoints.errors import (
     IdempotencyConflictError,
-    InvalidParameterError,
     JobFinishedError,
     JobNotFoundError,
     OwnerQuotaError,
@@ -37,27 +32,7 @@ from async_endpoints.jobs import (
     Progress,
     StoreStats,
 )
-
-
-def _make_cursor(created_at: float, job_id: str) -> str:
-    raw = json.dumps([created_at, job_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
-    if cursor is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, job_id = json.loads(raw)
-        value = float(str(created_at))
-        if not math.isfinite(value):
-            raise ValueError(created_at)
-        return value, str(UUID(str(job_id)))
-    except (ValueError, TypeError, AttributeError, binascii.Error, RecursionError):
-        raise InvalidParameterError(
-            f"cursor={cursor[:40]!r} is not a cursor this server gave."
-        ) from None
+from async_endpoints.stores.cursors import make_cursor, parse_cursor
 
 
 @dataclasses.dataclass(slots=True)
@@ -683,7 +658,7 @@ class MemoryStore:
         now: float,
     ) -> tuple[list[Job], str | None]:
         """See :meth:`JobStore.list_page` (here a scan of the jobs in memory)."""
-        after = _parse_cursor(cursor)
+        after = parse_cursor(cursor)
         with self._lock:
             self._purge(now)
             jobs = [
@@ -698,7 +673,7 @@ class MemoryStore:
         if len(jobs) <= limit:
             return jobs, None
         last = jobs[limit - 1]
-        return jobs[:limit], _make_cursor(last.created_at, str(last.id))
+        return jobs[:limit], make_cursor(last.created_at, str(last.id))
 
     def idempotent_job(self, key: str, *, now: float) -> Job | None:
         """See :meth:`JobStore.idempotent_job`."""

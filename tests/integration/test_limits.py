@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,19 +14,9 @@ import redis
 from flask import Flask
 
 from async_endpoints import AsyncContext, AsyncEndpoints, JobStatus
-from tests.conftest import RedisServer
 from tests.integration.processes import start_worker
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushdb()
-    yield redis_server.url
-    client.flushdb()
-    client.close()
 
 
 def submitter(redis_url: str) -> tuple[Flask, AsyncEndpoints]:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,22 +13,12 @@ import redis
 from flask import Flask
 
 from async_endpoints import AsyncEndpoints, JobStatus
-from tests.conftest import RedisServer
 from tests.integration.processes import start_worker
 
 JOBS = 3000
 PROCESSES = 3
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushdb()
-    yield redis_server.url
-    client.flushdb()
-    client.close()
 
 
 def test_processes_drain_a_shared_queue_exactly_once(

@@ -7,25 +7,14 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.conftest import RedisServer
 from tests.integration.processes import start_worker
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushdb()
-    yield redis_server.url
-    client.flushdb()
-    client.close()
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:

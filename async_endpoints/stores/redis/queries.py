@@ -3,22 +3,18 @@ registry."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import math
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import (
     Final,
 )
 
-from async_endpoints.errors import InvalidParameterError
 from async_endpoints.jobs import (
     Job,
     JobStatus,
     StoreStats,
 )
+from async_endpoints.stores.cursors import make_cursor, parse_cursor
 from async_endpoints.stores.redis.clock import _Clock
 from async_endpoints.stores.redis.codec import (
     _decode_job,
@@ -37,28 +33,6 @@ _PRUNE_ROUNDS: Final = 10
 """Rounds of one pruning at most (each looks at the oldest entries again)."""
 _MINUTES_KEPT: Final = 24 * 60
 """Finished-per-minute counts older than this many minutes are dropped."""
-
-
-def _make_cursor(score: float, job_id: str) -> str:
-    raw = json.dumps([repr(score), job_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _parse_cursor(cursor: str | None) -> tuple[str, str] | None:
-    """A cursor's (score, id), or ``None`` for the first page."""
-    if cursor is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        score, job_id = json.loads(raw)
-        value = float(str(score))
-        if not math.isfinite(value):
-            raise ValueError(score)
-        return repr(value), str(uuid.UUID(str(job_id)))
-    except (ValueError, TypeError, AttributeError, binascii.Error, RecursionError):
-        raise InvalidParameterError(
-            f"cursor={cursor[:40]!r} is not a cursor this server gave."
-        ) from None
 
 
 class _Queries(_Clock):
@@ -80,7 +54,8 @@ class _Queries(_Clock):
         :raises InvalidParameterError: the cursor is not one this store made.
         :raises StoreUnavailableError: Redis cannot be reached.
         """
-        after = _parse_cursor(cursor)
+        parsed = parse_cursor(cursor)
+        after = (repr(parsed[0]), parsed[1]) if parsed else None
         if owner is not None:
             indexes = [self._keys.owner_index(owner)]
         elif name is not None:
@@ -131,7 +106,7 @@ class _Queries(_Clock):
             return [job for _, _, job in found], None
         mark = max(marks)
         page = [job for score, job_id, job in found[:limit] if (score, job_id) >= mark]
-        return page, _make_cursor(*mark)
+        return page, make_cursor(*mark)
 
     def list_jobs(
         self, *, status: JobStatus | None, offset: int, limit: int, now: float

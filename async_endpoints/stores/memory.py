@@ -369,8 +369,10 @@ class MemoryStore:
     def _free_slot(self, job: Job) -> None:
         """A limited handler's job stopped running: one of its parked jobs, if
         any, goes back to the queue."""
-        name = job.name
-        self._running[name] = max(0, self._running.get(name, 0) - 1)
+        self._running[job.name] = max(0, self._running.get(job.name, 0) - 1)
+        self._unpark_one(job.name)
+
+    def _unpark_one(self, name: str) -> None:
         parked = self._parked.get(name)
         while parked:
             due_at, _, job_id = heapq.heappop(parked)
@@ -565,6 +567,12 @@ class MemoryStore:
                 completed_at=now,
                 last_updated_at=now,
             )
+            if (
+                job.concurrency is not None
+                and self._running.get(job.name, 0) < job.concurrency
+            ):
+                # It may have been the job let out for a free slot: let another.
+                self._unpark_one(job.name)
             return self._finish(done, ttl, now)
 
     def recover_expired(

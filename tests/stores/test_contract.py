@@ -1459,3 +1459,18 @@ def test_a_rate_limited_job_does_not_hold_up_others(store: JobStore) -> None:
     claims = store.claim("w", limit=10, lease=LEASE, now=NOW + 1)
     assert sorted(c.job.name for c in claims) == ["Echo", "Limited"]
     assert other in {c.job_id for c in claims}
+
+
+def test_a_job_let_out_for_a_slot_and_canceled_lets_the_next_one_out(
+    store: JobStore,
+) -> None:
+    jobs = []
+    for k in range(3):  # due one after the other: a known order everywhere
+        job = dataclasses.replace(make_job(name="Limited", now=NOW + k), concurrency=1)
+        jobs.append(store.submit(job, max_queue_size=0, now=NOW + k))
+    (running,) = store.claim("w", limit=5, lease=LEASE, now=NOW + 5)
+    assert running.job_id == jobs[0].id  # the other two are parked
+    store.complete(running, None, ttl=TTL, now=NOW + 6)  # the next one is let out
+    store.cancel(jobs[1].id, ttl=TTL, now=NOW + 7)  # before any claim took it
+    (last,) = store.claim("w", limit=5, lease=LEASE, now=NOW + 8)
+    assert last.job_id == jobs[2].id  # not stuck behind the canceled one

@@ -349,6 +349,8 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.finished,
             self._keys.owner_waiting_prefix,
             self._keys.parked_prefix,
+            self._keys.running,
+            self._keys.wake,
         ]
         args = [
             str(job_id),

@@ -11,7 +11,11 @@
 -- KEYS[6]  the owners' waiting-jobs prefix "{prefix}:ow:" (a canceled waiting
 --          job with an owner, field o, leaves KEYS[6] .. owner)
 -- KEYS[7]  the parked jobs' prefix "{prefix}:parked:" (a canceled waiting job of
---          a handler with a concurrency limit, field cc, leaves KEYS[7] .. name)
+--          a handler with a concurrency limit, field cc, leaves KEYS[7] .. name;
+--          if the handler has a free slot, one parked job goes back to KEYS[2]:
+--          the canceled job may have been the one let out for it)
+-- KEYS[8]  the running counts {prefix}:running (hash: name -> jobs running)
+-- KEYS[9]  the wake-up list {prefix}:wake (woken when a parked job goes back)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  now, epoch seconds (float string)
@@ -58,6 +62,16 @@ elseif status ~= 'Canceled' then
     end
     if held[7] then
         redis.call('ZREM', KEYS[7] .. held[8], ARGV[1])
+        local running = tonumber(redis.call('HGET', KEYS[8], held[8]) or '0')
+        if running < tonumber(held[7]) then
+            local back = redis.call('ZPOPMIN', KEYS[7] .. held[8])
+            if back[1] then
+                redis.call('ZADD', KEYS[2], back[2], back[1])
+                if redis.call('LPUSH', KEYS[9], '1') > 64 then
+                    redis.call('LTRIM', KEYS[9], 0, 63)
+                end
+            end
+        end
     end
     redis.call('ZADD', KEYS[4] .. 'Canceled', tonumber(held[5]) or 0, ARGV[1])
     redis.call('HINCRBY', KEYS[5], math.floor(tonumber(ARGV[2]) / 60), 1)

@@ -28,7 +28,7 @@ from freezegun import freeze_time
 from async_endpoints import AsyncContext, AsyncEndpoints, ConfigurationError
 from async_endpoints.callbacks import retry_delay
 from tests.conftest import RedisServer, wait_until
-from tests.integration.processes import start_worker
+from tests.integration.processes import start_worker, stop_workers
 from tests.test_http import assert_problem
 
 SECRET = "s3cret-for-tests"
@@ -445,14 +445,7 @@ def test_a_delivery_survives_the_death_of_its_sender(
         assert final.callback is not None
         assert final.callback.attempts == 2
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+        stop_workers([p for p in (first, second) if p is not None])
         client.flushdb()
         client.close()
 

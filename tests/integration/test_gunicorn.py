@@ -197,10 +197,10 @@ def wait_for_running(redis_url: str, count: int) -> None:
         client.close()
 
 
-def post_jobs(server: Gunicorn, count: int) -> list[str]:
+def post_jobs(server: Gunicorn, count: int, path: str = "/count") -> list[str]:
     ids = []
     for n in range(count):
-        status, body = server.request("POST", "/count", {"n": n})
+        status, body = server.request("POST", path, {"n": n})
         assert status == 202, body
         ids.append(body["id"])
     return ids
@@ -496,15 +496,6 @@ def test_job_events_through_gunicorn(redis_server: RedisServer, tmp_path: Path) 
         server.stop()
 
 
-def post_first_slow(server: Gunicorn, count: int) -> list[str]:
-    ids = []
-    for n in range(count):
-        status, body = server.request("POST", "/first-slow", {"n": n})
-        assert status == 202, body
-        ids.append(body["id"])
-    return ids
-
-
 def finished(app: Flask, ae: AsyncEndpoints, ids: list[str]) -> list[Job]:
     jobs = jobs_of(app, ae, ids)
     return [j for j in jobs if j is not None and j.status.is_finished]
@@ -535,7 +526,7 @@ def test_child_exit_recovers_a_killed_workers_jobs_at_once(
     server.start()
     app, ae = observer(redis_server.url)
     try:
-        ids = post_first_slow(server, 8)
+        ids = post_jobs(server, 8, "/first-slow")
         wait_for_running(redis_server.url, 8)
         # Every handler has begun its first (slow) run: killed mid-run.
         deadline_wait(lambda: len(runs(redis_server.url)) == 8, 20, "8 first runs")
@@ -573,7 +564,7 @@ def test_child_exit_counts_nothing_for_a_graceful_exit(
     server.start()
     app, ae = observer(redis_server.url)
     try:
-        ids = post_first_slow(server, 8)
+        ids = post_jobs(server, 8, "/first-slow")
         wait_for_running(redis_server.url, 8)
         deadline_wait(lambda: len(runs(redis_server.url)) == 8, 20, "8 first runs")
         for pid in server.worker_pids():

@@ -4,8 +4,6 @@ no number of processes and threads exceeds, and a rate limit on starts."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import redis
 from flask import Flask
 
 from async_endpoints import AsyncContext, AsyncEndpoints, JobStatus
-from tests.integration.processes import start_worker
+from tests.integration.processes import start_worker, stop_workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -46,18 +44,6 @@ def all_done(app: Flask, ae: AsyncEndpoints, ids: list[object]) -> bool:
     return all(j is not None and j.status is JobStatus.COMPLETED for j in jobs)
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def test_limits_hold_across_processes(redis_url: str, tmp_path: Path) -> None:
     env = dict(os.environ)
     env.update(
@@ -79,7 +65,7 @@ def test_limits_hold_across_processes(redis_url: str, tmp_path: Path) -> None:
             time.sleep(0.2)
         assert all_done(app, ae, capped + rated), "the jobs did not all run"
     finally:
-        stop(procs)
+        stop_workers(procs)
     # 3 processes x 4 threads, yet never more than 2 Capped jobs at once.
     peaks = [int(p) for p in client.zrange("itest-capped-peaks", 0, -1)]
     assert max(peaks) <= 2, peaks

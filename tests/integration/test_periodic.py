@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.integration.processes import start_worker
+from tests.integration.processes import start_worker, stop_workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def tick_jobs(client: redis.Redis) -> dict[str, int]:
@@ -58,7 +45,7 @@ def test_three_processes_make_one_job_per_tick_and_survive_a_kill(
         time.sleep(5)
         made = len(tick_jobs(client)) - began
     finally:
-        stop(procs)
+        stop_workers(procs)
     runs = tick_jobs(client)
     assert 9 <= made <= 11, f"{made} tick jobs in 10 s"
     # One job per tick: every job ran once (a tick that made two jobs would show

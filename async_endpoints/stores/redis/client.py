@@ -92,7 +92,10 @@ class _Connection:
         self._blocked: set[_BlockingConnection] = set()
         self._cancel_lock = threading.Lock()
         self._cancel_pubsub: Any = None
-        self._cancel_renew_at = 0.0
+        # The cancel listener's health check: when its next PING is due, and
+        # the deadline of the pong it waits for (None: none outstanding).
+        self._cancel_ping_at = 0.0
+        self._cancel_pong_by: float | None = None
         self._events_pubsub: Any = None
         self._events_renew_at = 0.0
         self._events_pid = 0

@@ -38,9 +38,10 @@ logger = logging.getLogger(__name__)
 
 _MIN_BLOCK: Final = 0.01
 """Shortest BLPOP, in seconds: 0 would mean "block forever"."""
-_RESUBSCRIBE: Final = 10.0
-"""How often the cancel listener subscribes anew, in seconds (drops a connection
-that went silent without a reset)."""
+_CANCEL_PING: Final = 10.0
+"""How often the cancel listener PINGs through its subscription, in seconds: a
+subscription whose pong does not come within ``_REPLY_GRACE`` went silent
+without a reset (a black hole) and is made anew."""
 _DUE_BLOCK: Final = 0.001
 """Shortest BLPOP before a known job falls due, in seconds."""
 _REPLY_GRACE: Final = 5.0
@@ -200,9 +201,10 @@ class _Waits(_Connection):
         return their ids.
 
         Listens on the ``{P}:cancels`` channel through one subscription per store
-        and process, made again every few seconds so that a connection that went
-        silent (a black hole) is not kept. On a Cluster it only waits: there
-        the heartbeats carry cancellations.
+        and process, PINGed through every few seconds and made anew when the
+        pong does not come, so that a connection that went silent (a black
+        hole) is not kept. On a Cluster it only waits: there the heartbeats
+        carry cancellations.
 
         :raises StoreUnavailableError: Redis cannot be reached.
         """
@@ -214,16 +216,31 @@ class _Waits(_Connection):
         deadline = time.monotonic() + timeout
         with self._cancel_lock:
             pubsub = self._cancel_pubsub
-            if pubsub is None or time.monotonic() > self._cancel_renew_at:
+            pong_by, now = self._cancel_pong_by, time.monotonic()
+            if pubsub is None or (pong_by is not None and now > pong_by):
                 if pubsub is not None:
+                    logger.warning(
+                        "the cancel listener's subscription did not answer a PING "
+                        "within %g s; subscribing anew",
+                        _REPLY_GRACE,
+                    )
                     _close_quietly(pubsub)
                     self._cancel_pubsub = None
                 plain: Any = client  # redis-py leaves pubsub() unannotated
                 with self._translate_errors():
                     pubsub = plain.pubsub(ignore_subscribe_messages=True)
-                    self._cancel_pubsub = pubsub
-                    pubsub.subscribe(self._keys.cancels)
-                self._cancel_renew_at = time.monotonic() + _RESUBSCRIBE
+                    try:
+                        pubsub.subscribe(self._keys.cancels)
+                    except BaseException:
+                        _close_quietly(pubsub)
+                        raise
+                self._cancel_pubsub = pubsub
+                self._cancel_ping_at = now + _CANCEL_PING
+                self._cancel_pong_by = None
+            elif pong_by is None and now > self._cancel_ping_at:
+                with self._translate_errors():
+                    pubsub.ping()
+                self._cancel_pong_by = now + _REPLY_GRACE
         ids: list[uuid.UUID] = []
         try:
             with self._translate_errors():
@@ -235,6 +252,11 @@ class _Waits(_Connection):
                     if message is None:
                         if ids or remaining <= 0:
                             break
+                        continue
+                    if message.get("type") == "pong":
+                        with self._cancel_lock:
+                            self._cancel_pong_by = None
+                            self._cancel_ping_at = time.monotonic() + _CANCEL_PING
                         continue
                     data = _plain(message.get("data"))
                     if isinstance(data, str):

@@ -243,7 +243,8 @@ class StoreStats:
     """A snapshot of a store, for operators.
 
     :param counts: how many jobs are in each status (finished ones until expiry).
-    :param oldest_waiting_at: when the longest-waiting job became due, or ``None``.
+    :param oldest_waiting_at: when the oldest Queued job (due, not yet started)
+        was created, or ``None``.
     :param workers: each live worker's name and its last heartbeat (epoch s).
     """
 

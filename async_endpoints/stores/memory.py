@@ -56,8 +56,16 @@ class MemoryStore:
         self._changed = threading.Condition(self._lock)
         self._jobs: dict[UUID, Job] = {}
         self._leases: dict[UUID, _Lease] = {}
-        # Heaps with lazy deletion: an entry counts only while it matches the job.
-        self._ready: list[tuple[float, int, UUID]] = []
+        # Heaps with lazy deletion: an entry counts only while it matches the job
+        # (for the waiting ones: while it is the job's place in _place).
+        # Waiting jobs not yet due, or due but not yet tagged: (due, id, seq, id).
+        self._timed: list[tuple[float, str, int, UUID]] = []
+        # Due jobs by fair-claims tag (see claim.lua): (tag, seq, id).
+        self._tagged: list[tuple[int, int, UUID]] = []
+        # Each waiting job's place: (True, tag) or (False, due time).
+        self._place: dict[UUID, tuple[bool, float]] = {}
+        self._last_tag: dict[str, int] = {}  # owner ("" for none) -> latest tag
+        self._served = 0  # the highest tag claimed
         self._expiry: list[tuple[float, UUID]] = []
         self._expires_at: dict[UUID, float] = {}
         self._idempotency: dict[str, tuple[UUID, str, float]] = {}
@@ -75,9 +83,8 @@ class MemoryStore:
         # Handler limits: jobs running, parked jobs (heaps), recent starts, and
         # the time a job set aside by the rate limit is due again.
         self._running: dict[str, int] = {}
-        self._parked: dict[str, list[tuple[float, int, UUID]]] = {}
+        self._parked: dict[str, list[tuple[int, int, UUID]]] = {}
         self._starts: dict[str, collections.deque[float]] = {}
-        self._deferred: dict[UUID, float] = {}
         self._notified = 0
         self._waiting = 0
         self._generation = 0
@@ -112,8 +119,6 @@ class MemoryStore:
             and job.status is not JobStatus.IN_PROGRESS
         ):
             self._free_slot(old)
-        if old is not None and job.status != old.status:
-            self._deferred.pop(job.id, None)
         job = dataclasses.replace(job, version=(old.version if old else 0) + 1)
         self._jobs[job.id] = job
         if job.id in self._watched:
@@ -128,13 +133,39 @@ class MemoryStore:
                     self._owner_waiting[job.owner] = count
                 else:
                     del self._owner_waiting[job.owner]
-        if job.status.is_waiting:
+        if not job.status.is_waiting:
+            self._place.pop(job.id, None)
+        elif not was_waiting or old is None or old.due_at != job.due_at:
             assert job.due_at is not None
-            self._seq += 1
-            heapq.heappush(self._ready, (job.due_at, self._seq, job.id))
+            self._wait_until(job.id, job.due_at)
         self._generation += 1
         self._changed.notify_all()
         return job
+
+    def _wait_until(self, job_id: UUID, due_at: float) -> None:
+        """The job waits, untagged, until ``due_at``."""
+        self._place[job_id] = (False, due_at)
+        self._seq += 1
+        heapq.heappush(self._timed, (due_at, str(job_id), self._seq, job_id))
+
+    def _tag(self, job_id: UUID, owner: str | None, tag: int | None = None) -> None:
+        """The job is due: it takes its turn among the owners' (a new tag
+        unless it keeps ``tag``; see ``claim.lua`` for the rule)."""
+        if tag is None:
+            group = owner or ""
+            tag = max(self._served, self._last_tag.get(group, 0)) + 1
+            self._last_tag[group] = tag
+        self._place[job_id] = (True, tag)
+        self._seq += 1
+        heapq.heappush(self._tagged, (tag, self._seq, job_id))
+
+    def _promote(self, now: float) -> None:
+        """Tag the waiting jobs that fell due, earliest due first."""
+        while self._timed and self._timed[0][0] <= now:
+            due_at, _, _, job_id = heapq.heappop(self._timed)
+            job = self._jobs.get(job_id)
+            if job is not None and self._place.get(job_id) == (False, due_at):
+                self._tag(job_id, job.owner)
 
     def _finish(self, job: Job, ttl: float, now: float) -> Job:
         job = self._put(job)
@@ -244,6 +275,8 @@ class MemoryStore:
             stored = self._put(
                 dataclasses.replace(job, status=status, due_at=due, last_updated_at=now)
             )
+            if status is JobStatus.QUEUED:
+                self._tag(job.id, job.owner)
             if idempotency is not None:
                 self._idempotency[idempotency.key] = (
                     job.id,
@@ -316,15 +349,18 @@ class MemoryStore:
             again = self._answer_again(request_id, lease, now)
             if again is not None:
                 return again
-            while self._ready and len(claims) < limit and self._ready[0][0] <= now:
-                due_at, _, job_id = heapq.heappop(self._ready)
+            self._promote(now)
+            while self._tagged and len(claims) < limit:
+                tag, _, job_id = heapq.heappop(self._tagged)
                 job = self._jobs.get(job_id)
-                expected = self._deferred.get(job_id, job.due_at if job else None)
-                if job is None or not job.status.is_waiting or expected != due_at:
+                if job is None or self._place.get(job_id) != (True, tag):
                     continue
-                if not self._admit(job, due_at, now):
+                if not self._admit(job, tag, now):
                     continue
-                self._deferred.pop(job_id, None)
+                self._served = max(self._served, tag)
+                group = job.owner or ""
+                if group and self._last_tag.get(group, 0) <= tag:
+                    del self._last_tag[group]
                 running = dataclasses.replace(
                     job,
                     status=JobStatus.IN_PROGRESS,
@@ -337,7 +373,7 @@ class MemoryStore:
             self._remember(request_id, claims, lease, now)
         return claims
 
-    def _admit(self, job: Job, due_at: float, now: float) -> bool:
+    def _admit(self, job: Job, tag: int, now: float) -> bool:
         """Whether the limits of the job's handler let it start now; if not, it
         is set aside (parked until a slot frees, or due when the rate allows)."""
         name = job.name
@@ -345,10 +381,9 @@ class MemoryStore:
             job.concurrency is not None
             and self._running.get(name, 0) >= job.concurrency
         ):
+            self._place.pop(job.id)
             self._seq += 1
-            heapq.heappush(
-                self._parked.setdefault(name, []), (due_at, self._seq, job.id)
-            )
+            heapq.heappush(self._parked.setdefault(name, []), (tag, self._seq, job.id))
             return False
         if job.rate_limit is not None:
             cap, window = job.rate_limit.split("/")
@@ -356,10 +391,7 @@ class MemoryStore:
             while log and log[0] <= now - float(window):
                 log.popleft()
             if len(log) >= int(cap):
-                opens = log[0] + float(window)
-                self._deferred[job.id] = opens
-                self._seq += 1
-                heapq.heappush(self._ready, (opens, self._seq, job.id))
+                self._wait_until(job.id, log[0] + float(window))
                 return False
             log.append(now)
         if job.concurrency is not None:
@@ -375,12 +407,10 @@ class MemoryStore:
     def _unpark_one(self, name: str) -> None:
         parked = self._parked.get(name)
         while parked:
-            due_at, _, job_id = heapq.heappop(parked)
+            tag, _, job_id = heapq.heappop(parked)
             waiting = self._jobs.get(job_id)
             if waiting is not None and waiting.status.is_waiting:
-                self._seq += 1
-                heapq.heappush(self._ready, (due_at, self._seq, job_id))
-                self._deferred[job_id] = due_at
+                self._tag(job_id, waiting.owner, tag)  # its turn, kept
                 self._notified += 1
                 return
 
@@ -882,8 +912,9 @@ class MemoryStore:
             oldest: float | None = None
             for job in self._jobs.values():
                 counts[job.status] += 1
-                if job.status.is_waiting and job.due_at is not None:
-                    oldest = job.due_at if oldest is None else min(oldest, job.due_at)
+                if job.status is JobStatus.QUEUED:
+                    created = job.created_at
+                    oldest = created if oldest is None else min(oldest, created)
             return StoreStats(
                 counts=counts, oldest_waiting_at=oldest, workers=dict(self._workers)
             )
@@ -903,8 +934,9 @@ class MemoryStore:
                 self._notified -= 1
                 return True
             due_first = False
-            if self._ready:
-                until_due = max(0.0, self._ready[0][0] - time.time())
+            if self._tagged or self._timed:
+                first = self._timed[0][0] if self._timed and not self._tagged else 0.0
+                until_due = max(0.0, first - time.time())
                 due_first = until_due <= timeout
                 timeout = min(timeout, until_due)
             generation = self._generation

@@ -134,8 +134,18 @@ def test_claim_takes_due_jobs_earliest_first_up_to_limit(store: JobStore) -> Non
 
 
 def test_claim_ignores_jobs_not_yet_due(store: JobStore) -> None:
-    submit(store, now=NOW + 10)
-    assert store.claim("w1", limit=10, lease=LEASE, now=NOW) == []
+    submit(store, now=NOW, due_at=NOW + 10)
+    assert store.claim("w1", limit=10, lease=LEASE, now=NOW + 9) == []
+    assert len(store.claim("w1", limit=10, lease=LEASE, now=NOW + 10)) == 1
+
+
+def test_a_job_due_at_once_is_claimable_whatever_the_submitters_clock(
+    store: JobStore,
+) -> None:
+    # A submitter whose clock runs ahead delays nothing: a Queued job takes its
+    # turn among the due ones as soon as it is stored.
+    job = submit(store, now=NOW + 60)
+    assert [c.job_id for c in store.claim("w1", limit=1, lease=LEASE, now=NOW)] == [job]
 
 
 def test_concurrent_claims_take_each_job_once(store: JobStore) -> None:
@@ -555,9 +565,9 @@ def test_purge_deletes_old_finished_jobs_of_a_status(store: JobStore) -> None:
 
 
 def test_stats(store: JobStore) -> None:
+    running = submit(store, now=NOW - 5)  # submitted first, so claimed first
     submit(store, now=NOW)
     submit(store, now=NOW + 5)
-    running = submit(store, now=NOW - 5)  # due first, so claimed first
     assert claim_one(store, now=NOW + 5).job_id == running
     store.register_worker("w1", ttl=30, now=NOW)
     store.register_worker("w2", ttl=30, now=NOW + 1)
@@ -592,7 +602,7 @@ def test_a_quiet_wait_for_work_says_so(store: JobStore) -> None:
 
 def test_wait_for_work_returns_when_a_known_job_falls_due(store: JobStore) -> None:
     due = time.time() + 0.3
-    submit(store, now=due)
+    submit(store, now=time.time(), due_at=due)
     store.wait_for_work(0.01)  # takes the submission's wake-up, if any
     assert store.claim("w", limit=1, lease=LEASE, now=time.time()) == []
     began = time.monotonic()
@@ -1167,11 +1177,11 @@ def test_pages_list_every_job_once_newest_first(store: JobStore) -> None:
 def test_pages_filter_by_status_handler_and_owner(store: JobStore) -> None:
     a1 = submit(store, now=NOW + 1, name="A", owner="alice")
     b1 = submit(store, now=NOW + 2, name="B", owner="alice")
+    (claim,) = store.claim("w", limit=1, lease=LEASE, now=NOW + 2)
+    assert claim.job_id == a1
+    store.complete(claim, None, ttl=TTL, now=NOW + 2)
     a2 = submit(store, now=NOW + 3, name="A", owner="bob")
     a3 = submit(store, now=NOW + 4, name="A", owner="alice")
-    (claim,) = store.claim("w", limit=1, lease=LEASE, now=NOW + 5)
-    assert claim.job_id == a1
-    store.complete(claim, None, ttl=TTL, now=NOW + 5)
 
     def ids(**filters: object) -> list[uuid.UUID]:
         return [j.id for page in all_pages(store, 2, **filters) for j in page]
@@ -1364,12 +1374,12 @@ def test_an_owner_may_have_only_so_many_jobs_waiting(store: JobStore) -> None:
     submit_for("alice", NOW + 1)
     with pytest.raises(OwnerQuotaError):
         submit_for("alice", NOW + 2)
-    submit_for("bob", NOW + 2)  # other owners are not affected
-    for _ in range(3):
-        submit_for(None, NOW + 2)  # nor are jobs without an owner
     # A claim frees a place; a retry or a hand-back takes one again.
     claims = store.claim("w", limit=1, lease=LEASE, now=NOW)
     assert [c.job_id for c in claims] == [first.id]
+    submit_for("bob", NOW + 2)  # other owners are not affected
+    for _ in range(3):
+        submit_for(None, NOW + 2)  # nor are jobs without an owner
     submit_for("alice", NOW + 3)
     with pytest.raises(OwnerQuotaError):
         submit_for("alice", NOW + 3)
@@ -1392,6 +1402,74 @@ def test_without_a_quota_an_owner_may_queue_freely(store: JobStore) -> None:
     for n in range(5):
         store.submit(make_job(now=NOW + n, owner="carol"), max_queue_size=0, now=NOW)
     assert store.queue_size() == 5
+
+
+# -- fair claims between owners ------------------------------------------------------
+
+
+def claim_order(store: JobStore, count: int, now: float = NOW) -> list[uuid.UUID]:
+    """The jobs ``count`` claims of one job each take, in order."""
+    return [claim_one(store, now=now).job_id for _ in range(count)]
+
+
+def test_an_owner_submitting_after_a_burst_does_not_wait_for_it(
+    store: JobStore,
+) -> None:
+    burst = [submit(store, owner="alice") for _ in range(60)]
+    late = [submit(store, now=NOW + 1, owner="bob") for _ in range(2)]
+    first = claim_order(store, 4, now=NOW + 1)
+    assert set(late) <= set(first)  # within the next few claims, not after 60
+    # One owner's jobs keep their order.
+    rest = claim_order(store, 58, now=NOW + 1)
+    assert [j for j in first + rest if j in burst] == burst
+
+
+def test_owners_with_waiting_jobs_take_turns(store: JobStore) -> None:
+    ids = {
+        owner: [submit(store, owner=owner) for _ in range(5)]
+        for owner in ("alice", "bob", "carol")
+    }
+    owner_of = {j: o for o, js in ids.items() for j in js}
+    order = claim_order(store, 15)
+    for turn in range(5):  # every round gives each owner one start
+        assert sorted(owner_of[j] for j in order[3 * turn : 3 * turn + 3]) == [
+            "alice",
+            "bob",
+            "carol",
+        ]
+    for owner, jobs in ids.items():
+        assert [j for j in order if owner_of[j] == owner] == jobs
+
+
+def test_jobs_without_an_owner_are_one_group(store: JobStore) -> None:
+    anonymous = [submit(store) for _ in range(30)]
+    owned = submit(store, owner="bob")
+    order = claim_order(store, 3)
+    assert owned in order
+    assert [j for j in order if j != owned] == anonymous[: len(order) - 1]
+
+
+def test_a_job_that_falls_due_later_takes_the_next_turn(store: JobStore) -> None:
+    for _ in range(20):
+        submit(store, owner="alice")
+    claim_order(store, 2)
+    later = submit(store, owner="bob", due_at=NOW + 5)  # Scheduled
+    assert later not in claim_order(store, 3, now=NOW + 4)
+    assert later in claim_order(store, 2, now=NOW + 5)
+
+
+def test_a_handed_back_job_goes_to_the_back_of_its_owners_line(
+    store: JobStore,
+) -> None:
+    alice = [submit(store, owner="alice") for _ in range(10)]
+    bob = [submit(store, owner="bob") for _ in range(10)]
+    assert set(claim_order(store, 4)) == {*alice[:2], *bob[:2]}
+    held = claim_one(store)
+    store.release([held], ttl=TTL, now=NOW)
+    order = claim_order(store, 16)
+    mine = alice if held.job_id in alice else bob
+    assert [j for j in order if j in mine][-1] == held.job_id
+    assert sorted(order) == sorted([*alice[2:], *bob[2:]])
 
 
 # -- per-handler concurrency and rate limits ----------------------------------------

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import fakeredis
 import pytest
@@ -73,8 +74,9 @@ def real_store(real_client: redis.Redis) -> Iterator[RedisStore]:
     store.close()
 
 
-def submit(store: RedisStore, now: float = NOW) -> uuid.UUID:
-    return store.submit(make_job(now=now), max_queue_size=0, now=now).id
+def submit(store: RedisStore, now: float = NOW, **overrides: Any) -> uuid.UUID:
+    job = make_job(now=now, **overrides)
+    return store.submit(job, max_queue_size=0, now=now).id
 
 
 def ids_in(client: redis.Redis, key: str) -> set[str]:
@@ -132,6 +134,7 @@ def test_a_full_lifecycle_leaves_only_tagged_expected_keys(
             "{life}:ready",
             "{life}:claimed",
             "{life}:wake",
+            "{life}:fair",
             "{life}:idem:Echo:-:k1",
             "{life}:ix:n:Echo",
             "{life}:ix:finished",
@@ -330,7 +333,7 @@ def test_an_idle_wait_for_work_blocks(real_store: RedisStore) -> None:
 def test_wait_for_work_sleeps_only_until_the_next_due_job(
     real_store: RedisStore,
 ) -> None:
-    submit(real_store, now=time.time() + 0.3)
+    submit(real_store, now=time.time(), due_at=time.time() + 0.3)
     real_store.wait_for_work(5)  # takes the submission's wake-up token
     assert real_store.claim("w", limit=1, lease=LEASE, now=time.time()) == []
     started = time.monotonic()

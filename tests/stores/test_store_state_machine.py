@@ -20,8 +20,10 @@ claim token and lease end. After every step it checks that the store agrees:
   while ``retry_count < max_retries``);
 * a claimed job is not claimable again until it is released, retried or
   recovered, and ``recover_expired`` takes back only leases that have ended;
-* claim and recovery take the earliest (due, lease end) first, under fresh,
-  unique tokens.
+* claims take due jobs in their fair-claims turn (every job here has no owner,
+  so one group: in the order they became due, a job due at once when it was
+  submitted, a job that fell due later at the first claim after, by due time
+  and id), recovery the earliest lease end first, under fresh, unique tokens.
 
 It runs against the memory store, fakeredis (real Lua through lupa) and the real
 redis-server of the test session. Finished jobs and idempotency keys get a TTL
@@ -124,6 +126,9 @@ class StoreMachine(RuleBasedStateMachine):
         # (a lost reply), that same call answers applied and changes nothing.
         self.finished_by: dict[UUID, str] = {}
         self.next_id = 0
+        # Fair-claims tags of the due waiting jobs (one group: a counter).
+        self.tags: dict[UUID, int] = {}
+        self.last_tag = 0
 
     # -- model helpers -------------------------------------------------------------
 
@@ -306,6 +311,8 @@ class StoreMachine(RuleBasedStateMachine):
         )
         assert stored == expected
         self.jobs[job.id] = Expected(expected)
+        self.last_tag += 1
+        self.tags[job.id] = self.last_tag
         if key is not None:
             self.keys[key] = (fingerprint, job.id)
 
@@ -329,22 +336,28 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(owner=owners, limit=st.integers(0, 3), lease=leases)
     def claim(self, owner: str, limit: int, lease: float) -> None:
-        due_at: dict[UUID, float] = {
-            e.job.id: e.job.due_at
+        waiting = {e.job.id for e in self.in_status(*WAITING)}
+        self.tags = {i: t for i, t in self.tags.items() if i in waiting}
+        # Jobs that fell due since they last waited are tagged by this claim.
+        fell_due = sorted(
+            (e.job.due_at, str(e.job.id), e.job.id)
             for e in self.in_status(*WAITING)
-            if e.job.due_at is not None and e.job.due_at <= self.now
-        }
+            if e.job.id not in self.tags
+            and e.job.due_at is not None
+            and e.job.due_at <= self.now
+        )
+        for _, _, job_id in fell_due:
+            self.last_tag += 1
+            self.tags[job_id] = self.last_tag
         claims = self.store.claim(owner, limit=limit, lease=lease, now=self.now)
-        assert len(claims) == min(limit, len(due_at))
+        assert len(claims) == min(limit, len(self.tags))
         claimed = [c.job_id for c in claims]
         assert len(set(claimed)) == len(claimed), "one job claimed twice at once"
-        assert set(claimed) <= set(due_at), "claimed a job that is not due/waiting"
-        # Earliest due first.
-        taken = [due_at[i] for i in claimed]
-        assert taken == sorted(taken)
-        left = [d for i, d in due_at.items() if i not in set(claimed)]
-        if taken and left:
-            assert max(taken) <= min(left)
+        assert set(claimed) <= set(self.tags), "claimed a job that is not due/waiting"
+        # In turn: the lowest tags, lowest first.
+        assert claimed == sorted(self.tags, key=self.tags.__getitem__)[: len(claims)]
+        for job_id in claimed:
+            del self.tags[job_id]
         for c in claims:
             self.take_token(c)
             assert c.lease_until == self.now + lease

@@ -74,6 +74,8 @@ class _Keys:
         self.rate_prefix: Final = f"{tag}:rate:"
         self.running: Final = f"{tag}:running"
         self.parked_prefix: Final = f"{tag}:parked:"
+        self.fair: Final = f"{tag}:fair"
+        """Fair claims: the latest claimed tag and each owner's latest (hash)."""
         """Each owner's waiting jobs (zset), after this prefix."""
         self.finished: Final = f"{tag}:ix:finished"
         """Jobs that ended, per minute (hash: epoch minute -> count)."""

@@ -46,7 +46,8 @@ class _Leases(_Clock):
         now: float,
         request_id: str | None = None,
     ) -> list[Claim]:
-        """Lease up to ``limit`` due jobs to ``owner``, earliest due first.
+        """Lease up to ``limit`` due jobs to ``owner``, fairly between owners
+        (round robin; in order within one owner: see ``claim.lua``).
 
         Also remembers when the earliest job left waiting falls due, so that
         :meth:`wait_for_work` sleeps no longer than that.
@@ -95,6 +96,7 @@ class _Leases(_Clock):
             self._keys.rate_prefix,
             self._keys.running,
             self._keys.parked_prefix,
+            self._keys.fair,
         ]
         return keys, args
 

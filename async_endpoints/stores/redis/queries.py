@@ -299,7 +299,9 @@ class _Queries(_Clock):
             pipe = self._redis().pipeline(transaction=False)
             for status in JobStatus:
                 pipe.zcard(self._keys.status_index(status.value))
-            pipe.zrange(self._keys.ready, 0, 0, withscores=True)
+            pipe.zrange(
+                self._keys.status_index(JobStatus.QUEUED.value), 0, 0, withscores=True
+            )
             pipe.hgetall(self._keys.workers)
             replies: list[object] = pipe.execute()
         counts = {
@@ -309,7 +311,7 @@ class _Queries(_Clock):
         first, workers = replies[-2], replies[-1]
         oldest = None
         if isinstance(first, list) and first:
-            oldest = self._local(float(first[0][1]))
+            oldest = float(first[0][1])  # field c: the caller's clock
         alive: dict[str, float] = {}
         if isinstance(workers, Mapping):
             for name, seen in workers.items():

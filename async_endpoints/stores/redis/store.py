@@ -137,6 +137,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.ticks,
             self._keys.owner_waiting_prefix + (job.owner or ""),
             self._keys.status_prefix,
+            self._keys.fair,
         ]
         args = [
             str(max_queue_size),
@@ -149,6 +150,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             tick[0] if tick else "",
             _num(tick[1]) if tick else "",
             str(max_per_owner),
+            "1" if status is JobStatus.QUEUED else "",
         ]
         reply = _list(self._call("submit", keys, args + _encode_job(stored)))
         code = _int(reply[0])

@@ -1,4 +1,16 @@
--- claim.lua: lease up to `limit` due waiting jobs to one worker, earliest first.
+-- claim.lua: lease up to `limit` due waiting jobs to one worker, fairly between
+-- owners.
+--
+-- Fair claims are start-time fair queuing. A job that is due gets a tag: one
+-- more than the larger of its owner's latest tag and the tag of the job
+-- claimed last ('v'); jobs without an owner are one owner. Claims take the
+-- lowest tag first. So an owner with 10,000 waiting jobs has tags far ahead,
+-- and a job of another owner submitted after them is tagged just after the
+-- job claimed last: owners with waiting jobs take turns, and one owner's jobs
+-- keep their order. A job due at once is tagged by submit.lua; a job that
+-- falls due later (scheduled, retried, handed back, recovered, set aside by a
+-- rate limit) is tagged here, up to `limit` + 100 of them per call, by due
+-- time. In KEYS[1] a tag scores tag - 1e12, below every due time.
 --
 -- KEYS[1]  the waiting-jobs zset   {prefix}:ready    (due ids removed)
 -- KEYS[2]  the leases zset         {prefix}:claimed  (ids added, score = lease end)
@@ -20,6 +32,9 @@
 -- KEYS[9]  the parked jobs' prefix "{prefix}:parked:" (KEYS[9] .. name: a zset
 --          of the waiting jobs of a handler whose every slot was taken; the end
 --          of one of its jobs moves one back to KEYS[1])
+-- KEYS[10] the fair-claims state {prefix}:fair (hash: 'v' -> the latest
+--          claimed tag, 'o:' .. owner -> the owner's latest tag, deleted when
+--          that job is claimed)
 --
 -- ARGV[1]  now on Redis's clock, epoch seconds (float string): jobs whose score
 --          is at or before it are taken
@@ -65,7 +80,31 @@ if done then
 end
 
 local now, limit, stamp = ARGV[1], tonumber(ARGV[2]), ARGV[6]
+local OFFSET = 1e12
+
+-- Due jobs still scored by time get their tags first, earliest due first.
+local late = redis.call('ZRANGEBYSCORE', KEYS[1], 0, now, 'LIMIT', 0, limit + 100)
+local vtime = 0
+if #late > 0 then
+    vtime = tonumber(redis.call('HGET', KEYS[10], 'v') or '0')
+    local latest = {}
+    for _, id in ipairs(late) do
+        local group = 'o:' .. (redis.call('HGET', KEYS[3] .. id, 'o') or '')
+        local last = latest[group]
+        if not last then
+            last = tonumber(redis.call('HGET', KEYS[10], group) or '0')
+        end
+        local tag = math.max(vtime, last) + 1
+        latest[group] = tag
+        redis.call('ZADD', KEYS[1], string.format('%d', tag - OFFSET), id)
+    end
+    for group, tag in pairs(latest) do
+        redis.call('HSET', KEYS[10], group, string.format('%d', tag))
+    end
+end
+
 local claimed = {}
+local served = 0  -- the highest tag claimed
 local n = 0
 local examined = 0  -- bounded: a burst of limited jobs is set aside over claims
 while n < limit and examined < limit + 1000 do
@@ -152,6 +191,17 @@ while n < limit and examined < limit + 1000 do
             if owner then
                 redis.call('ZREM', KEYS[6] .. owner, id)
             end
+            local tag = tonumber(score) + OFFSET
+            if tag < OFFSET then
+                served = math.max(served, tag)
+                if owner then  -- the owner's latest tag, once taken, is not needed
+                    local group = 'o:' .. owner
+                    local last = tonumber(redis.call('HGET', KEYS[10], group) or '0')
+                    if last <= tag then
+                        redis.call('HDEL', KEYS[10], group)
+                    end
+                end
+            end
             out[#out + 1] = id
             out[#out + 1] = token
             out[#out + 1] = fields
@@ -162,10 +212,19 @@ end
 if n > 0 then
     redis.call('SET', KEYS[4], table.concat(claimed, ','), 'PX', ARGV[7])
 end
+if served > 0 then
+    if vtime == 0 then
+        vtime = tonumber(redis.call('HGET', KEYS[10], 'v') or '0')
+    end
+    if served > vtime then
+        redis.call('HSET', KEYS[10], 'v', string.format('%d', served))
+    end
+end
 if n < limit then
     local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
     if first[2] then
-        out[1] = first[2]
+        -- A tag means due now.
+        out[1] = tonumber(first[2]) < 0 and now or first[2]
     end
 end
 return out

@@ -1,7 +1,8 @@
 -- submit.lua: store a new job as Queued and wake one idle worker, atomically.
 --
 -- KEYS[1]  the new job's hash              {prefix}:job:<id>   (created)
--- KEYS[2]  the waiting-jobs zset           {prefix}:ready      (id added, score = due)
+-- KEYS[2]  the waiting-jobs zset           {prefix}:ready      (id added, score =
+--          due, or a fair-claims tag: ARGV[11])
 -- KEYS[3]  the wake-up list                {prefix}:wake       (one token pushed)
 -- KEYS[4]  the idempotency key  {prefix}:idem:<key> (read, then SET), used only
 --          when ARGV[4] is not ''
@@ -22,6 +23,9 @@
 --          ARGV[6] is not '': its size is the owner's Queued + Scheduled count)
 -- KEYS[12] the status indexes' prefix "{prefix}:ix:s:" (the Queued and
 --          Scheduled indexes count the waiting jobs, for the queue limit)
+-- KEYS[13] the fair-claims state {prefix}:fair (hash: 'v' -> the tag of the
+--          latest claimed job, 'o:' .. owner -> the owner's latest tag; the
+--          jobs without an owner are the group 'o:')
 --
 -- ARGV[1]  max_queue_size (integer; 0 = no limit)
 -- ARGV[2]  the due time on Redis's clock, epoch seconds (float string): the
@@ -37,7 +41,9 @@
 --          tick becomes the last; a schedule seen for the first time records
 --          the tick and creates nothing (it starts with its next tick)
 -- ARGV[10] the most jobs one owner may have waiting (integer; 0 = no limit)
--- ARGV[11..] the job hash as field, value, field, value ... (status Queued, or
+-- ARGV[11] '1' when the job is due at once (Queued): it enters KEYS[2] with a
+--          fair-claims tag instead of its due time (see claim.lua), else ''
+-- ARGV[12..] the job hash as field, value, field, value ... (status Queued, or
 --          Scheduled when it is due later)
 --
 -- A re-sent call (its reply was lost and the client sent it again) finds the
@@ -95,8 +101,19 @@ if per_owner > 0 and ARGV[6] ~= '' and redis.call('ZCARD', KEYS[11]) >= per_owne
     return {-4}
 end
 
-redis.call('HSET', KEYS[1], unpack(ARGV, 11))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 12))
+local score = ARGV[2]
+if ARGV[11] == '1' then
+    -- Round robin between owners: one more than the owner's latest tag, and
+    -- never behind the job claimed last. Tags score below every due time
+    -- (tag - 1e12), so a tagged job is taken before any still scored by time.
+    local group = 'o:' .. ARGV[6]
+    local known = redis.call('HMGET', KEYS[13], 'v', group)
+    local tag = math.max(tonumber(known[1] or '0'), tonumber(known[2] or '0')) + 1
+    redis.call('HSET', KEYS[13], group, string.format('%d', tag))
+    score = string.format('%d', tag - 1e12)
+end
+redis.call('ZADD', KEYS[2], score, ARGV[3])
 redis.call('ZADD', KEYS[6], ARGV[7], ARGV[3])
 redis.call('ZADD', KEYS[7], ARGV[7], ARGV[3])
 if ARGV[6] ~= '' then

@@ -42,7 +42,7 @@ Job hash fields are short, and a field is absent when its value is ``None`` (or 
 empty mapping), to keep a finished job small (a few hundred bytes, listpack)::
 
     n  name            s  status (JobStatus value)   m  max_retries
-    a  retry_count     c  created_at                 u  last_updated_at
+    a  retry_count     c  created_at                 u  last_updated_at (1)
     b  started_at      e  completed_at               d  due_at (waiting only)
     p  payload (JSON)  h  headers (JSON)             rp route_params (JSON)
     qp query_params    o  owner                      r  result (JSON)
@@ -53,6 +53,8 @@ empty mapping), to keep a finished job small (a few hundred bytes, listpack)::
     lt "c" or "f" and the first 8 characters of the token whose complete or
        fail applied last (answers a re-send of that call)
     t  claim token     w  claiming worker            (InProgress only)
+
+(1) not kept once the job has finished: its last update is then its end, e.
 
 Times are ``repr(float)`` strings, so they read back exactly. Values are JSON, never
 pickle.

@@ -150,7 +150,8 @@ def _decode_job(job_id: str, flat: _Reply, claimed_at: float | None = None) -> J
         status=status,
         max_retries=int(f["m"]),
         created_at=float(f["c"]),
-        last_updated_at=float(f["u"]),
+        # A finished job keeps no u: its last update is its end.
+        last_updated_at=float(f["u"] if "u" in f else f["e"]),
         retry_count=int(f.get("a", "0")),
         started_at=_opt_float(f.get("b")),
         completed_at=_opt_float(f.get("e")),

@@ -37,6 +37,8 @@ _ScriptName: TypeAlias = Literal[
     "prune",
     "recover_owner",
 ]
+_FINISHED: Final = frozenset({"Completed", "Failed", "Canceled"})
+
 _SCRIPT_NAMES: Final[tuple[_ScriptName, ...]] = get_args(_ScriptName)
 
 
@@ -79,7 +81,9 @@ class _Keys:
         """Each owner's waiting jobs (zset), after this prefix."""
         self.finished: Final = f"{tag}:ix:finished"
         """Jobs that ended, per minute (hash: epoch minute -> count)."""
-        self._name_prefix: Final = f"{tag}:ix:n:"
+        self.name_prefix: Final = f"{tag}:ix:n:"
+        self.names: Final = f"{tag}:ix:names"
+        """The names of the handlers that have finished jobs (set)."""
         self._owner_prefix: Final = f"{tag}:ix:o:"
         self.events: Final = f"{tag}:events"
         """The Pub/Sub channel (not a key) told the id of every change of a
@@ -92,13 +96,18 @@ class _Keys:
         """The record of what a claim request took (so that it can be re-sent)."""
         return f"{self._request_prefix}{request_id}"
 
-    def status_index(self, status: str) -> str:
-        """The jobs of one status, by creation time (zset)."""
+    def status_index(self, status: str, name: str = "") -> str:
+        """The jobs of one status, by creation time (zset): one index for
+        Queued, Scheduled and InProgress; one per handler ``name`` for the
+        finished statuses (a job that ended is in no other index but its
+        owner's, to keep it small)."""
+        if status in _FINISHED:
+            return f"{self.status_prefix}{status}:{name}"
         return f"{self.status_prefix}{status}"
 
     def name_index(self, name: str) -> str:
-        """The jobs of one handler, by creation time (zset)."""
-        return f"{self._name_prefix}{name}"
+        """The jobs of one handler not yet finished, by creation time (zset)."""
+        return f"{self.name_prefix}{name}"
 
     def owner_index(self, owner: str) -> str:
         """The jobs of one owner, by creation time (zset)."""

@@ -159,6 +159,8 @@ class _Leases(_Clock):
             self._keys.owner_waiting_prefix,
             self._keys.running,
             self._keys.parked_prefix,
+            self._keys.name_prefix,
+            self._keys.names,
         ]
         args = [
             job_id,
@@ -224,6 +226,8 @@ class _Leases(_Clock):
             self._keys.owner_waiting_prefix,
             self._keys.running,
             self._keys.parked_prefix,
+            self._keys.name_prefix,
+            self._keys.names,
         ]
         keys += [self._keys.job(c.job_id) for c in claims]
         args = [

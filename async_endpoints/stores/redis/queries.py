@@ -38,6 +38,31 @@ _MINUTES_KEPT: Final = 24 * 60
 class _Queries(_Clock):
     """Reads and maintenance over every job of the prefix."""
 
+    def _finished_names(self) -> list[str]:
+        """The handlers that have (or had) finished jobs: each has its own
+        index per finished status."""
+        with self._translate_errors():
+            raw: object = self._redis().smembers(self._keys.names)
+        members = raw if isinstance(raw, (set, list)) else ()
+        return sorted(_str(_plain(n)) for n in members)
+
+    def _indexes(self, status: JobStatus | None, name: str | None) -> list[str]:
+        """The indexes that hold every job of ``status`` and handler ``name``
+        (either may be ``None``: any)."""
+        statuses = [status] if status is not None else list(JobStatus)
+        live = [s for s in statuses if not s.is_finished]
+        ended = [s for s in statuses if s.is_finished]
+        indexes: list[str] = []
+        if name is not None:
+            if live:  # the handler's index of jobs not finished, filtered
+                indexes.append(self._keys.name_index(name))
+            names = [name]
+        else:
+            indexes += [self._keys.status_index(s.value) for s in live]
+            names = self._finished_names() if ended else []
+        indexes += [self._keys.status_index(s.value, n) for s in ended for n in names]
+        return indexes
+
     def list_page(
         self,
         *,
@@ -58,12 +83,10 @@ class _Queries(_Clock):
         after = (repr(parsed[0]), parsed[1]) if parsed else None
         if owner is not None:
             indexes = [self._keys.owner_index(owner)]
-        elif name is not None:
-            indexes = [self._keys.name_index(name)]
-        elif status is not None:
-            indexes = [self._keys.status_index(status.value)]
-        else:  # every job: the six status indexes, merged
-            indexes = [self._keys.status_index(s.value) for s in JobStatus]
+        else:  # merged, when there are several
+            indexes = self._indexes(status, name)
+        if not indexes:
+            return [], None
         args = [
             after[0] if after else "+inf",
             after[1] if after else "",
@@ -149,7 +172,12 @@ class _Queries(_Clock):
         """
         if not status.is_finished:
             raise ValueError(f"only finished jobs can be purged, not {status.value}")
-        index = self._keys.status_index(status.value)
+        deleted = 0
+        for index in self._indexes(status, None):
+            deleted += self._purge_index(index, status, older_than)
+        return deleted
+
+    def _purge_index(self, index: str, status: JobStatus, older_than: float) -> int:
         keys = [index, self._keys.name_index(""), self._keys.owner_index("")]
         keys.append(self._keys.job_prefix)
         deleted = 0
@@ -203,17 +231,22 @@ class _Queries(_Clock):
         return usage
 
     def handler_counts(self, names: Sequence[str], *, now: float) -> dict[str, int]:
-        """How many jobs each handler has: its index's size (see
+        """How many jobs each handler has: the sizes of its indexes (see
         :meth:`JobStore.handler_counts`).
 
         :raises StoreUnavailableError: Redis cannot be reached.
         """
+        per_name = [self._indexes(None, name) for name in names]
         with self._translate_errors():
             pipe = self._redis().pipeline(transaction=False)
-            for name in names:
-                pipe.zcard(self._keys.name_index(name))
-            replies: list[object] = pipe.execute()
-        return {n: _int(_plain(c)) for n, c in zip(names, replies, strict=True)}
+            for indexes in per_name:
+                for index in indexes:
+                    pipe.zcard(index)
+            replies = iter(pipe.execute())
+        return {
+            name: sum(_int(_plain(next(replies))) for _ in indexes)
+            for name, indexes in zip(names, per_name, strict=True)
+        }
 
     def prune_indexes(
         self, names: Sequence[str], *, now: float, batch: int = 500
@@ -229,8 +262,13 @@ class _Queries(_Clock):
             client = self._redis()
             owners: object = client.srandmember(self._keys.owners, 10)
             minutes: object = client.hkeys(self._keys.finished)
-        indexes = [self._keys.status_index(s.value) for s in JobStatus]
-        indexes += [self._keys.name_index(n) for n in names]
+        known = sorted(set(names) | set(self._finished_names()))
+        indexes = list(  # the live ones once
+            dict.fromkeys(
+                self._keys.status_index(s.value, n) for s in JobStatus for n in known
+            )
+        )
+        indexes += [self._keys.name_index(n) for n in known]
         owner_keys = [_str(_plain(k)) for k in _list(_plain(owners))]
         indexes += owner_keys
         dropped = 0
@@ -295,18 +333,27 @@ class _Queries(_Clock):
 
         :raises StoreUnavailableError: Redis cannot be reached.
         """
+        names = self._finished_names()
+        per_status = {
+            s: [self._keys.status_index(s.value, n) for n in names]
+            if s.is_finished
+            else [self._keys.status_index(s.value)]
+            for s in JobStatus
+        }
         with self._translate_errors():
             pipe = self._redis().pipeline(transaction=False)
-            for status in JobStatus:
-                pipe.zcard(self._keys.status_index(status.value))
+            for indexes in per_status.values():
+                for index in indexes:
+                    pipe.zcard(index)
             pipe.zrange(
                 self._keys.status_index(JobStatus.QUEUED.value), 0, 0, withscores=True
             )
             pipe.hgetall(self._keys.workers)
             replies: list[object] = pipe.execute()
+        sizes = iter(replies)
         counts = {
-            status: _int(_plain(n))
-            for status, n in zip(JobStatus, replies, strict=False)
+            status: sum(_int(_plain(next(sizes))) for _ in indexes)
+            for status, indexes in per_status.items()
         }
         first, workers = replies[-2], replies[-1]
         oldest = None

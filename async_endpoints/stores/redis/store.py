@@ -247,6 +247,8 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.parked_prefix,
             self._keys.ready,
             self._keys.wake,
+            self._keys.name_prefix,
+            self._keys.names,
         ]
         encoded = "" if result is None else _dump(result)
         args = [str(claim.job_id), claim.token, _num(now), encoded, _ttl_seconds(ttl)]
@@ -353,6 +355,8 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.parked_prefix,
             self._keys.running,
             self._keys.wake,
+            self._keys.name_prefix,
+            self._keys.names,
         ]
         args = [
             str(job_id),
@@ -394,6 +398,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.callbacks,
             self._keys.status_prefix,
             self._keys.owner_waiting_prefix,
+            self._keys.name_prefix,
         ]
         args = [
             str(job_id),

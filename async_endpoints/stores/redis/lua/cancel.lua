@@ -5,7 +5,8 @@
 -- KEYS[3]  the callbacks zset     {prefix}:callbacks (id added, due at once, when
 --          a canceled job has a callback URL: field cu)
 -- KEYS[4]  the status indexes' prefix "{prefix}:ix:s:" (a waiting job's id
---          moves to Canceled, score = field c)
+--          moves to Canceled, per handler: KEYS[4] .. 'Canceled:' .. name,
+--          score = field c)
 -- KEYS[5]  the finished-per-minute counts {prefix}:ix:finished (hash; the
 --          field floor(now / 60) raised by one when the job ends here)
 -- KEYS[6]  the owners' waiting-jobs prefix "{prefix}:ow:" (a canceled waiting
@@ -16,13 +17,17 @@
 --          the canceled job may have been the one let out for it)
 -- KEYS[8]  the running counts {prefix}:running (hash: name -> jobs running)
 -- KEYS[9]  the wake-up list {prefix}:wake (woken when a parked job goes back)
+-- KEYS[10] the handlers' index prefix "{prefix}:ix:n:" (of jobs not finished:
+--          a canceled job's id leaves KEYS[10] .. name)
+-- KEYS[11] the names of the handlers with finished jobs {prefix}:ix:names (set;
+--          a canceled job's name added)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  now, epoch seconds (float string)
 -- ARGV[3]  ttl of the canceled job, whole seconds (integer >= 1)
 -- ARGV[4]  the job's end channel {prefix}:ended:<id>: PUBLISHed to when the job
 --          ends here, so that long-polling readers wake (a channel, not a key)
--- ARGV[5]  the cancels channel {prefix}:cancels: PUBLISHed the job (JSON [id, its hash HGETALL-style], after the change) when a
+-- ARGV[5]  the cancels channel {prefix}:cancels: PUBLISHed the job's id when a
 --          running job is flagged, so that the process running it stops it at
 --          once (a channel, not a key)
 -- ARGV[6]  the events channel {prefix}:events (a channel, not a key): a job
@@ -52,9 +57,9 @@ if status == 'InProgress' then
         end
     end
 elseif status ~= 'Canceled' then
-    redis.call('HSET', KEYS[1], 's', 'Canceled', 'k', '1', 'e', ARGV[2], 'u', ARGV[2],
-        'v', version)
-    redis.call('HDEL', KEYS[1], 'd')
+    -- u (last updated) goes: a finished job's is its end, e.
+    redis.call('HSET', KEYS[1], 's', 'Canceled', 'k', '1', 'e', ARGV[2], 'v', version)
+    redis.call('HDEL', KEYS[1], 'd', 'u')
     redis.call('ZREM', KEYS[2], ARGV[1])
     redis.call('ZREM', KEYS[4] .. status, ARGV[1])
     if held[6] then
@@ -73,7 +78,10 @@ elseif status ~= 'Canceled' then
             end
         end
     end
-    redis.call('ZADD', KEYS[4] .. 'Canceled', tonumber(held[5]) or 0, ARGV[1])
+    redis.call('ZADD', KEYS[4] .. 'Canceled:' .. held[8], tonumber(held[5]) or 0,
+        ARGV[1])
+    redis.call('ZREM', KEYS[10] .. held[8], ARGV[1])
+    redis.call('SADD', KEYS[11], held[8])
     redis.call('HINCRBY', KEYS[5], math.floor(tonumber(ARGV[2]) / 60), 1)
     redis.call('EXPIRE', KEYS[1], ARGV[3])
     if held[4] then

@@ -8,8 +8,9 @@
 --          that the claim's reply arrived, so it will not be sent again)
 -- KEYS[4]  the callbacks zset    {prefix}:callbacks (id added, due at once, when
 --          the job has a callback URL: field cu)
--- KEYS[5]  the status indexes' prefix "{prefix}:ix:s:" (the id moves from
---          InProgress to the final status, score = field c)
+-- KEYS[5]  the status indexes' prefix "{prefix}:ix:s:" (the id leaves
+--          KEYS[5] .. 'InProgress' for the final status's index of its handler,
+--          KEYS[5] .. status .. ':' .. name, score = field c)
 -- KEYS[6]  the finished-per-minute counts {prefix}:ix:finished (hash; the
 --          field floor(now / 60) raised by one)
 -- KEYS[7]  the running counts {prefix}:running (hash; a handler with a
@@ -18,6 +19,10 @@
 --          parked jobs, if any, moves back to KEYS[9], and KEYS[10] is woken)
 -- KEYS[9]  the waiting-jobs zset {prefix}:ready
 -- KEYS[10] the wake-up list      {prefix}:wake
+-- KEYS[11] the handlers' index prefix "{prefix}:ix:n:" (of jobs not finished:
+--          the id leaves KEYS[11] .. name)
+-- KEYS[12] the names of the handlers with finished jobs {prefix}:ix:names (set;
+--          the name added)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  the claim token (fencing: must be the job's current token)
@@ -44,8 +49,9 @@ if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
 end
 local status = held[3] and 'Canceled' or 'Completed'
 local stored = status == 'Completed' and ARGV[4] ~= ''
-redis.call('HDEL', KEYS[1], 'r', 'x', 't', 'w', 'd', 'hb')
-local fields = {'s', status, 'e', ARGV[3], 'u', ARGV[3],
+-- u (last updated) goes: a finished job's is its end, e (one field less to keep).
+redis.call('HDEL', KEYS[1], 'r', 'x', 't', 'w', 'd', 'hb', 'u')
+local fields = {'s', status, 'e', ARGV[3],
     'lt', 'c' .. string.sub(ARGV[2], 1, 8), 'v', (tonumber(held[5]) or 0) + 1}
 if stored then
     fields[#fields + 1] = 'r'
@@ -54,7 +60,9 @@ end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[5] .. 'InProgress', ARGV[1])
-redis.call('ZADD', KEYS[5] .. status, tonumber(held[8]) or 0, ARGV[1])
+redis.call('ZADD', KEYS[5] .. status .. ':' .. held[10], tonumber(held[8]) or 0, ARGV[1])
+redis.call('ZREM', KEYS[11] .. held[10], ARGV[1])
+redis.call('SADD', KEYS[12], held[10])
 redis.call('HINCRBY', KEYS[6], math.floor(tonumber(ARGV[3]) / 60), 1)
 redis.call('DEL', KEYS[3])
 if held[9] then  -- a slot of a limited handler frees: one parked job back

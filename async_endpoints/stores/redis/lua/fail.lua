@@ -9,7 +9,8 @@
 -- KEYS[5]  the callbacks zset     {prefix}:callbacks (id added, due at once, when
 --          the job ends and has a callback URL: field cu)
 -- KEYS[6]  the status indexes' prefix "{prefix}:ix:s:" (the id moves from
---          InProgress to the new status, score = field c)
+--          InProgress to the new status, score = field c: KEYS[6] .. status,
+--          or, once the job ended, KEYS[6] .. status .. ':' .. name)
 -- KEYS[7]  the finished-per-minute counts {prefix}:ix:finished (hash; the
 --          field floor(now / 60) raised by one when the job ends)
 -- KEYS[8]  the owners' waiting-jobs prefix "{prefix}:ow:" (a retried job with an
@@ -18,6 +19,10 @@
 --          concurrency limit, field cc, runs one job fewer)
 -- KEYS[10] the parked jobs' prefix "{prefix}:parked:" (one of the handler's
 --          parked jobs, if any, moves back to KEYS[2], and KEYS[4] is woken)
+-- KEYS[11] the handlers' index prefix "{prefix}:ix:n:" (of jobs not finished:
+--          an ended job's id leaves KEYS[11] .. name)
+-- KEYS[12] the names of the handlers with finished jobs {prefix}:ix:names (set;
+--          the name added when the job ends)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  the claim token (fencing: must be the job's current token)
@@ -63,10 +68,14 @@ redis.call('HSET', KEYS[1], 'lt', 'f' .. string.sub(ARGV[2], 1, 8),
     'v', (tonumber(held[5]) or 0) + 1)
 if held[3] or ARGV[5] == '' then
     local status = held[3] and 'Canceled' or 'Failed'
-    redis.call('HSET', KEYS[1], 's', status, 'x', ARGV[4], 'e', ARGV[3], 'u', ARGV[3])
-    redis.call('HDEL', KEYS[1], 'd')
+    -- u (last updated) goes: a finished job's is its end, e.
+    redis.call('HSET', KEYS[1], 's', status, 'x', ARGV[4], 'e', ARGV[3])
+    redis.call('HDEL', KEYS[1], 'd', 'u')
     redis.call('EXPIRE', KEYS[1], ARGV[6])
-    redis.call('ZADD', KEYS[6] .. status, tonumber(held[8]) or 0, ARGV[1])
+    redis.call('ZADD', KEYS[6] .. status .. ':' .. held[11], tonumber(held[8]) or 0,
+        ARGV[1])
+    redis.call('ZREM', KEYS[11] .. held[11], ARGV[1])
+    redis.call('SADD', KEYS[12], held[11])
     redis.call('HINCRBY', KEYS[7], math.floor(tonumber(ARGV[3]) / 60), 1)
     if held[7] then
         redis.call('ZADD', KEYS[5], 0, ARGV[1])

@@ -3,9 +3,10 @@
 -- the status's index; this script checks each one again, so a job that changed
 -- in between is left alone, and drops the index entries of jobs already gone.
 --
--- KEYS[1]  the status's index      {prefix}:ix:s:<status> (ids removed)
--- KEYS[2]  the handlers' index prefix "{prefix}:ix:n:" (a deleted job's id is
---          removed from KEYS[2] .. its name)
+-- KEYS[1]  the status's index of one handler {prefix}:ix:s:<status>:<name> (ids
+--          removed)
+-- KEYS[2]  the handlers' index prefix "{prefix}:ix:n:" (of jobs not finished: a
+--          deleted job's id is removed from KEYS[2] .. its name, in case)
 -- KEYS[3]  the owners' index prefix "{prefix}:ix:o:" (and from KEYS[3] .. its
 --          owner, if it has one)
 -- KEYS[4]  the job key prefix "{prefix}:job:" (each candidate's hash is

@@ -8,7 +8,8 @@
 -- KEYS[3]    the wake-up list       {prefix}:wake     (one token pushed if any queued)
 -- KEYS[4]    the callbacks zset     {prefix}:callbacks (a canceled job with a
 --            callback URL, field cu, is added, due at once)
--- KEYS[5]    the status indexes' prefix "{prefix}:ix:s:" (a released id moves
+-- KEYS[5]    the status indexes' prefix (a finished status's per handler:
+--            KEYS[5] .. 'Canceled:' .. name) "{prefix}:ix:s:" (a released id moves
 --            from InProgress to Queued or Canceled, score = field c)
 -- KEYS[6]    the finished-per-minute counts {prefix}:ix:finished (hash; the
 --            field floor(now / 60) raised by one per job canceled here)
@@ -18,7 +19,11 @@
 --            concurrency limit, field cc, runs one job fewer)
 -- KEYS[9]    the parked jobs' prefix "{prefix}:parked:" (one of the handler's
 --            parked jobs, if any, moves back to KEYS[1], and KEYS[3] is woken)
--- KEYS[9+i]  the i-th claimed job's hash  {prefix}:job:<id>  (Queued, or Canceled
+-- KEYS[10]   the handlers' index prefix "{prefix}:ix:n:" (of jobs not
+--            finished: a canceled job's id leaves KEYS[10] .. name)
+-- KEYS[11]   the names of the handlers with finished jobs {prefix}:ix:names
+--            (set; a canceled job's name added)
+-- KEYS[11+i] the i-th claimed job's hash  {prefix}:job:<id>  (Queued, or Canceled
 --            and EXPIREd)
 --
 -- ARGV[1]      now, epoch seconds (float string)
@@ -35,13 +40,13 @@
 -- are skipped).
 
 local released, queued = 0, 0
-for i = 10, #KEYS do
-    local n = i - 9
+for i = 12, #KEYS do
+    local n = i - 11
     local id, token = ARGV[2 * n + 4], ARGV[2 * n + 5]
     local held = redis.call('HMGET', KEYS[i], 's', 't', 'k', 'v', 'ev', 'cu', 'c', 'o',
         'cc', 'n')
     if held[1] == 'InProgress' and held[2] == token then
-        redis.call('HDEL', KEYS[i], 't', 'w')
+        redis.call('HDEL', KEYS[i], 't', 'w', 'u')  -- u: set again below, or e
         local version = (tonumber(held[4]) or 0) + 1
         redis.call('ZREM', KEYS[2], id)
         redis.call('ZREM', KEYS[5] .. 'InProgress', id)
@@ -59,10 +64,12 @@ for i = 10, #KEYS do
         end
 
         if held[3] then
-            redis.call('ZADD', KEYS[5] .. 'Canceled', tonumber(held[7]) or 0, id)
+            redis.call('ZADD', KEYS[5] .. 'Canceled:' .. held[10], tonumber(held[7]) or 0,
+                id)
+            redis.call('ZREM', KEYS[10] .. held[10], id)
+            redis.call('SADD', KEYS[11], held[10])
             redis.call('HINCRBY', KEYS[6], math.floor(tonumber(ARGV[1]) / 60), 1)
-            redis.call('HSET', KEYS[i], 's', 'Canceled', 'e', ARGV[1], 'u', ARGV[1],
-                'v', version)
+            redis.call('HSET', KEYS[i], 's', 'Canceled', 'e', ARGV[1], 'v', version)
             redis.call('EXPIRE', KEYS[i], ARGV[2])
             if held[6] then
                 redis.call('ZADD', KEYS[4], 0, id)

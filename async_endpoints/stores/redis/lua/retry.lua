@@ -6,9 +6,11 @@
 -- KEYS[4]  the callbacks zset     {prefix}:callbacks (a delivery still under way
 --          is dropped: the job's callback is Pending again, for its next end)
 -- KEYS[5]  the status indexes' prefix "{prefix}:ix:s:" (the id moves from
---          Failed to Queued, score = field c)
+--          KEYS[5] .. 'Failed:' .. name to KEYS[5] .. 'Queued', score = field c)
 -- KEYS[6]  the owners' waiting-jobs prefix "{prefix}:ow:" (a job with an owner,
 --          field o, is added to KEYS[6] .. owner)
+-- KEYS[7]  the handlers' index prefix "{prefix}:ix:n:" (of jobs not finished:
+--          the id is added to KEYS[7] .. name again)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  now, epoch seconds (float string)
@@ -20,7 +22,7 @@
 -- Returns {1, fields} with the job's hash HGETALL-style; {-1} when there is no
 -- such job; {-2, status} when the job is not Failed.
 
-local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu', 'c', 'o')
+local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu', 'c', 'o', 'n')
 local status = held[1]
 if not status then
     return {-1}
@@ -38,7 +40,8 @@ if held[4] then  -- its next end is delivered anew
     redis.call('ZREM', KEYS[4], ARGV[1])
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('ZREM', KEYS[5] .. 'Failed', ARGV[1])
+redis.call('ZREM', KEYS[5] .. 'Failed:' .. held[7], ARGV[1])
+redis.call('ZADD', KEYS[7] .. held[7], tonumber(held[5]) or 0, ARGV[1])
 redis.call('ZADD', KEYS[5] .. 'Queued', tonumber(held[5]) or 0, ARGV[1])
 if held[6] then
     redis.call('ZADD', KEYS[6] .. held[6], ARGV[3], ARGV[1])

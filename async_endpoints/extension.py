@@ -6,7 +6,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, tzinfo
 from typing import Any, TypeVar
 from uuid import UUID
@@ -119,7 +119,11 @@ class AsyncEndpoints:
 
         manager = JobManager(store, settings, self._handlers, app_context, on_event)
         self._states[app] = AppState(
-            settings=settings, store=store, manager=manager, events=hub_of(store)
+            settings=settings,
+            store=store,
+            manager=manager,
+            events=hub_of(store),
+            config_read={k: v for k, v in app.config.items() if k.startswith(PREFIX)},
         )
         app.extensions["async_endpoints"] = self
         INSTANCES.add(self)
@@ -173,6 +177,9 @@ class AsyncEndpoints:
     def _before_request(self) -> None:
         state = self._current_state()
         if state is not None:
+            if state.config_read is not None:
+                _warn_of_late_config(state.config_read, current_app.config)
+                state.config_read = None
             self._ensure_worker(state)
 
     # -- handlers ------------------------------------------------------------------
@@ -567,6 +574,20 @@ class AsyncEndpoints:
                 given = self._store_arg
                 url = given if given is not None else state.settings.store_url
                 register_worker(url, state.settings, state.worker.owner)
+
+
+def _warn_of_late_config(read: dict[str, object], config: Mapping[str, Any]) -> None:
+    """Log the ``ASYNC_ENDPOINTS_*`` keys set or changed after ``init_app``
+    read them: they have no effect, and nothing else would say so."""
+    now = {k: v for k, v in config.items() if k.startswith(PREFIX)}
+    late = sorted(k for k in read.keys() | now.keys() if read.get(k) != now.get(k))
+    if late:
+        logger.warning(
+            "%s changed after AsyncEndpoints read the configuration, so the "
+            "change has no effect: set ASYNC_ENDPOINTS_* keys in app.config before "
+            "AsyncEndpoints(app) or ae.init_app(app)",
+            ", ".join(late),
+        )
 
 
 def _marked_gunicorn_worker() -> bool:

@@ -40,6 +40,9 @@ class AppState:
     worker: Worker | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     sync_owner: str = field(default_factory=process_owner)
+    # The ASYNC_ENDPOINTS_* keys as init_app read them, until the first request
+    # compares them with the app's config (a key set later is not used).
+    config_read: dict[str, object] | None = None
 
 
 class Extension(Protocol):

@@ -323,3 +323,32 @@ def test_get_with_malformed_wait_is_400(app: Flask, ae: AsyncEndpoints) -> None:
     assert response.status_code == 400
     assert response.mimetype == "application/problem+json"
     assert response.get_json()["title"] == "Invalid query parameter"
+
+
+def test_a_key_set_after_init_app_is_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = Flask(__name__)
+    app.config["ASYNC_ENDPOINTS_START_WORKER"] = False
+    AsyncEndpoints(app)
+    # Too late: init_app read the configuration already.
+    app.config["ASYNC_ENDPOINTS_MAX_QUEUED_PER_OWNER"] = 500
+    client = app.test_client()
+    with caplog.at_level("WARNING", logger="async_endpoints.extension"):
+        client.get("/jobs/not-a-job")
+        client.get("/jobs/not-a-job")
+    late = [r for r in caplog.records if "changed after AsyncEndpoints" in r.message]
+    assert len(late) == 1
+    assert "ASYNC_ENDPOINTS_MAX_QUEUED_PER_OWNER" in late[0].getMessage()
+
+
+def test_config_set_before_init_app_is_not_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = Flask(__name__)
+    app.config["ASYNC_ENDPOINTS_START_WORKER"] = False
+    app.config["ASYNC_ENDPOINTS_MAX_QUEUED_PER_OWNER"] = 500
+    AsyncEndpoints(app)
+    with caplog.at_level("WARNING", logger="async_endpoints.extension"):
+        app.test_client().get("/jobs/not-a-job")
+    assert not [r for r in caplog.records if "changed after" in r.getMessage()]

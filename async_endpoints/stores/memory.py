@@ -267,8 +267,9 @@ class MemoryStore:
             owner = job.owner
             if owner and 0 < max_per_owner <= self._owner_waiting.get(owner, 0):
                 raise OwnerQuotaError(
-                    f"This owner already has {max_per_owner} jobs waiting "
-                    "(ASYNC_ENDPOINTS_MAX_QUEUED_PER_OWNER); try again later."
+                    "This owner has reached its limit of waiting jobs "
+                    f"({max_per_owner}, "
+                    "ASYNC_ENDPOINTS_MAX_QUEUED_PER_OWNER); try again later."
                 )
             due = max(now, job.due_at if job.due_at is not None else now)
             status = JobStatus.SCHEDULED if due > now else JobStatus.QUEUED

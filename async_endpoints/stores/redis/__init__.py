@@ -20,7 +20,9 @@ so every key of one prefix lives in one slot)::
                                  the owner's latest tag (round robin)
     {P}:claimed          zset    InProgress job ids, scored by lease end (Redis's
                                  clock)
-    {P}:wake             list    wake-up tokens for idle workers (BLPOP), at most 64
+    {P}:wake             list    wake-up tokens for idle workers (BLPOP): at most 64,
+                                 cut to 32 when a push passes 64 (one LTRIM per
+                                 32 pushes while no worker is idle)
     {P}:idem:<key>       string  "<job uuid>:<fingerprint>", PX = the key's ttl
     {P}:req:<id>         string  the job ids one claim request took ("id,id" or,
                                  for a sweep, "i=id,i=id"), PX = the lease, or

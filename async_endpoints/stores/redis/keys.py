@@ -98,9 +98,9 @@ class _Keys:
 
     def status_index(self, status: str, name: str = "") -> str:
         """The jobs of one status, by creation time (zset): one index for
-        Queued, Scheduled and InProgress; one per handler ``name`` for the
-        finished statuses (a job that ended is in no other index but its
-        owner's, to keep it small)."""
+        Queued and for Scheduled; one per handler ``name`` for the finished
+        statuses (a job that ended is in no other index but its owner's, to
+        keep it small). Running jobs have none: the leases' zset holds them."""
         if status in _FINISHED:
             return f"{self.status_prefix}{status}:{name}"
         return f"{self.status_prefix}{status}"

@@ -48,9 +48,12 @@ class _Queries(_Clock):
 
     def _indexes(self, status: JobStatus | None, name: str | None) -> list[str]:
         """The indexes that hold every job of ``status`` and handler ``name``
-        (either may be ``None``: any)."""
+        (either may be ``None``: any), running jobs aside when ``name`` is
+        ``None`` (they have no status index: see :meth:`_running`)."""
         statuses = [status] if status is not None else list(JobStatus)
         live = [s for s in statuses if not s.is_finished]
+        if name is None:
+            live = [s for s in live if s is not JobStatus.IN_PROGRESS]
         ended = [s for s in statuses if s.is_finished]
         indexes: list[str] = []
         if name is not None:
@@ -81,12 +84,15 @@ class _Queries(_Clock):
         """
         parsed = parse_cursor(cursor)
         after = (repr(parsed[0]), parsed[1]) if parsed else None
+        found: list[tuple[float, str, Job]] = []
         if owner is not None:
             indexes = [self._keys.owner_index(owner)]
         else:  # merged, when there are several
             indexes = self._indexes(status, name)
+            if name is None and status in (None, JobStatus.IN_PROGRESS):
+                found = self._running(parsed)
         if not indexes:
-            return [], None
+            return self._cut(found, [], limit)
         args = [
             after[0] if after else "+inf",
             after[1] if after else "",
@@ -105,7 +111,6 @@ class _Queries(_Clock):
             replies = [self._call("page", calls[0][1], args)]
         else:
             replies = self._pipeline(client, calls, atomic=True)
-        found: list[tuple[float, str, Job]] = []
         more: list[tuple[float, str]] = []
         for raw in replies:
             reply = _list(_plain(raw))
@@ -118,6 +123,14 @@ class _Queries(_Clock):
                 except (ValueError, TypeError, KeyError, IndexError):
                     continue  # unreadable: the claim that meets it fails it
                 found.append((float(_str(reply[i])), job_id, job))
+        return self._cut(found, more, limit)
+
+    @staticmethod
+    def _cut(
+        found: list[tuple[float, str, Job]], more: list[tuple[float, str]], limit: int
+    ) -> tuple[list[Job], str | None]:
+        """The page among ``found`` (creation time, id, job), newest first, and
+        the cursor after it; ``more``: where each index with more stopped."""
         found.sort(key=lambda item: (item[0], item[1]), reverse=True)
         # The next page goes on below the highest point not yet seen through:
         # the last job of a page cut short, and where each index with more
@@ -130,6 +143,32 @@ class _Queries(_Clock):
         mark = max(marks)
         page = [job for score, job_id, job in found[:limit] if (score, job_id) >= mark]
         return page, make_cursor(*mark)
+
+    def _running(self, after: tuple[float, str] | None) -> list[tuple[float, str, Job]]:
+        """Every running job (the leases' zset: as many as the deployment has
+        handler threads, whatever the number of jobs), after the cursor."""
+        with self._translate_errors():
+            client = self._redis()
+            raw: object = client.zrange(self._keys.claimed, 0, -1)
+            ids = [_str(_plain(i)) for i in _list(_plain(raw))]
+            pipe = client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(self._keys.job(job_id))
+            hashes: list[object] = pipe.execute() if ids else []
+        running: list[tuple[float, str, Job]] = []
+        for job_id, fields in zip(ids, hashes, strict=True):
+            if not isinstance(fields, Mapping) or not fields:
+                continue
+            flat = [part for pair in fields.items() for part in pair]
+            try:
+                job = _decode_job(job_id, _plain(flat))
+            except (ValueError, TypeError, KeyError, IndexError):
+                continue  # unreadable: the claim that meets it fails it
+            if job.status is not JobStatus.IN_PROGRESS:
+                continue
+            if after is None or (job.created_at, job_id) < after:
+                running.append((job.created_at, job_id, job))
+        return running
 
     def list_jobs(
         self, *, status: JobStatus | None, offset: int, limit: int, now: float
@@ -265,7 +304,10 @@ class _Queries(_Clock):
         known = sorted(set(names) | set(self._finished_names()))
         indexes = list(  # the live ones once
             dict.fromkeys(
-                self._keys.status_index(s.value, n) for s in JobStatus for n in known
+                self._keys.status_index(s.value, n)
+                for s in JobStatus
+                if s is not JobStatus.IN_PROGRESS
+                for n in known
             )
         )
         indexes += [self._keys.name_index(n) for n in known]
@@ -337,6 +379,8 @@ class _Queries(_Clock):
         per_status = {
             s: [self._keys.status_index(s.value, n) for n in names]
             if s.is_finished
+            else [self._keys.claimed]
+            if s is JobStatus.IN_PROGRESS
             else [self._keys.status_index(s.value)]
             for s in JobStatus
         }

@@ -168,8 +168,9 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             return None
         if code == -4:
             raise OwnerQuotaError(
-                f"This owner already has {max_per_owner} jobs waiting "
-                "(ASYNC_ENDPOINTS_MAX_QUEUED_PER_OWNER); try again later.",
+                "This owner has reached its limit of waiting jobs "
+                f"({max_per_owner}, "
+                "ASYNC_ENDPOINTS_MAX_QUEUED_PER_OWNER); try again later.",
                 retry_after=1.0,
             )
         if code == 1:

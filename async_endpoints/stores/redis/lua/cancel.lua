@@ -73,7 +73,7 @@ elseif status ~= 'Canceled' then
             if back[1] then
                 redis.call('ZADD', KEYS[2], back[2], back[1])
                 if redis.call('LPUSH', KEYS[9], '1') > 64 then
-                    redis.call('LTRIM', KEYS[9], 0, 63)
+                    redis.call('LTRIM', KEYS[9], 0, 31)
                 end
             end
         end

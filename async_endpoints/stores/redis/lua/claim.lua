@@ -19,8 +19,8 @@
 --          so the same Cluster slot); each claimed hash becomes InProgress.
 -- KEYS[4]  the request's record    {prefix}:req:<request id>  (string "id,id,..."
 --          of the jobs this request claimed, PX = ARGV[7]; read, then SET)
--- KEYS[5]  the status indexes' prefix "{prefix}:ix:s:" (a claimed id moves from
---          KEYS[5] .. its old status to KEYS[5] .. 'InProgress', score = field c)
+-- KEYS[5]  the status indexes' prefix "{prefix}:ix:s:" (a claimed id leaves
+--          KEYS[5] .. its old status; running jobs are listed from KEYS[2])
 -- KEYS[6]  the owners' waiting-jobs prefix "{prefix}:ow:" (a claimed job with
 --          an owner, field o, leaves KEYS[6] .. owner)
 -- KEYS[7]  the rate logs' prefix "{prefix}:rate:" (KEYS[7] .. name: a zset of the
@@ -187,7 +187,6 @@ while n < limit and examined < limit + 1000 do
             end
             redis.call('ZADD', KEYS[2], ARGV[3], id)
             redis.call('ZREM', KEYS[5] .. status, id)
-            redis.call('ZADD', KEYS[5] .. 'InProgress', tonumber(created) or 0, id)
             if owner then
                 redis.call('ZREM', KEYS[6] .. owner, id)
             end

@@ -8,9 +8,9 @@
 --          that the claim's reply arrived, so it will not be sent again)
 -- KEYS[4]  the callbacks zset    {prefix}:callbacks (id added, due at once, when
 --          the job has a callback URL: field cu)
--- KEYS[5]  the status indexes' prefix "{prefix}:ix:s:" (the id leaves
---          KEYS[5] .. 'InProgress' for the final status's index of its handler,
---          KEYS[5] .. status .. ':' .. name, score = field c)
+-- KEYS[5]  the status indexes' prefix "{prefix}:ix:s:" (the id enters the final
+--          status's index of its handler, KEYS[5] .. status .. ':' .. name,
+--          score = field c; running jobs have no status index but KEYS[2])
 -- KEYS[6]  the finished-per-minute counts {prefix}:ix:finished (hash; the
 --          field floor(now / 60) raised by one)
 -- KEYS[7]  the running counts {prefix}:running (hash; a handler with a
@@ -59,7 +59,6 @@ if stored then
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[5] .. 'InProgress', ARGV[1])
 redis.call('ZADD', KEYS[5] .. status .. ':' .. held[10], tonumber(held[8]) or 0, ARGV[1])
 redis.call('ZREM', KEYS[11] .. held[10], ARGV[1])
 redis.call('SADD', KEYS[12], held[10])
@@ -73,7 +72,7 @@ if held[9] then  -- a slot of a limited handler frees: one parked job back
     if back[1] then
         redis.call('ZADD', KEYS[9], back[2], back[1])
         if redis.call('LPUSH', KEYS[10], '1') > 64 then
-            redis.call('LTRIM', KEYS[10], 0, 63)
+            redis.call('LTRIM', KEYS[10], 0, 31)
         end
     end
 end

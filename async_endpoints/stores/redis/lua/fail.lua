@@ -8,9 +8,10 @@
 -- KEYS[4]  the wake-up list      {prefix}:wake      (one token pushed on retry)
 -- KEYS[5]  the callbacks zset     {prefix}:callbacks (id added, due at once, when
 --          the job ends and has a callback URL: field cu)
--- KEYS[6]  the status indexes' prefix "{prefix}:ix:s:" (the id moves from
---          InProgress to the new status, score = field c: KEYS[6] .. status,
---          or, once the job ended, KEYS[6] .. status .. ':' .. name)
+-- KEYS[6]  the status indexes' prefix "{prefix}:ix:s:" (the id enters the new
+--          status's index, score = field c: KEYS[6] .. status, or, once the job
+--          ended, KEYS[6] .. status .. ':' .. name; running jobs have no status
+--          index but KEYS[3])
 -- KEYS[7]  the finished-per-minute counts {prefix}:ix:finished (hash; the
 --          field floor(now / 60) raised by one when the job ends)
 -- KEYS[8]  the owners' waiting-jobs prefix "{prefix}:ow:" (a retried job with an
@@ -49,7 +50,6 @@ if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'f' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[6] .. 'InProgress', ARGV[1])
 if held[10] then  -- a slot of a limited handler frees: one parked job back
     if redis.call('HINCRBY', KEYS[9], held[11], -1) < 0 then
         redis.call('HSET', KEYS[9], held[11], 0)
@@ -58,7 +58,7 @@ if held[10] then  -- a slot of a limited handler frees: one parked job back
     if back[1] then
         redis.call('ZADD', KEYS[2], back[2], back[1])
         if redis.call('LPUSH', KEYS[4], '1') > 64 then
-            redis.call('LTRIM', KEYS[4], 0, 63)
+            redis.call('LTRIM', KEYS[4], 0, 31)
         end
     end
 end
@@ -91,7 +91,7 @@ else
     end
     redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
     if redis.call('LPUSH', KEYS[4], '1') > 64 then
-        redis.call('LTRIM', KEYS[4], 0, 63)
+        redis.call('LTRIM', KEYS[4], 0, 31)
     end
 end
 if held[6] then

@@ -8,9 +8,9 @@
 -- KEYS[3]    the wake-up list       {prefix}:wake     (one token pushed if any queued)
 -- KEYS[4]    the callbacks zset     {prefix}:callbacks (a canceled job with a
 --            callback URL, field cu, is added, due at once)
--- KEYS[5]    the status indexes' prefix (a finished status's per handler:
---            KEYS[5] .. 'Canceled:' .. name) "{prefix}:ix:s:" (a released id moves
---            from InProgress to Queued or Canceled, score = field c)
+-- KEYS[5]    the status indexes' prefix "{prefix}:ix:s:" (a released id enters
+--            KEYS[5] .. 'Queued', or KEYS[5] .. 'Canceled:' .. name, score =
+--            field c; running jobs have no status index but KEYS[2])
 -- KEYS[6]    the finished-per-minute counts {prefix}:ix:finished (hash; the
 --            field floor(now / 60) raised by one per job canceled here)
 -- KEYS[7]    the owners' waiting-jobs prefix "{prefix}:ow:" (a job handed back
@@ -49,7 +49,6 @@ for i = 12, #KEYS do
         redis.call('HDEL', KEYS[i], 't', 'w', 'u')  -- u: set again below, or e
         local version = (tonumber(held[4]) or 0) + 1
         redis.call('ZREM', KEYS[2], id)
-        redis.call('ZREM', KEYS[5] .. 'InProgress', id)
         if held[9] then  -- a slot of a limited handler frees: one parked job back
             if redis.call('HINCRBY', KEYS[8], held[10], -1) < 0 then
                 redis.call('HSET', KEYS[8], held[10], 0)
@@ -58,7 +57,7 @@ for i = 12, #KEYS do
             if back[1] then
                 redis.call('ZADD', KEYS[1], back[2], back[1])
                 if redis.call('LPUSH', KEYS[3], '1') > 64 then
-                    redis.call('LTRIM', KEYS[3], 0, 63)
+                    redis.call('LTRIM', KEYS[3], 0, 31)
                 end
             end
         end
@@ -95,7 +94,7 @@ for i = 12, #KEYS do
 end
 if queued > 0 then
     if redis.call('LPUSH', KEYS[3], '1') > 64 then
-        redis.call('LTRIM', KEYS[3], 0, 63)
+        redis.call('LTRIM', KEYS[3], 0, 31)
     end
 end
 return released

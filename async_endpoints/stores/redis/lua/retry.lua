@@ -47,7 +47,7 @@ if held[6] then
     redis.call('ZADD', KEYS[6] .. held[6], ARGV[3], ARGV[1])
 end
 if redis.call('LPUSH', KEYS[3], '1') > 64 then
-    redis.call('LTRIM', KEYS[3], 0, 63)
+    redis.call('LTRIM', KEYS[3], 0, 31)
 end
 if held[3] then
     redis.call('PUBLISH', ARGV[4],

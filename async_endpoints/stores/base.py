@@ -14,7 +14,9 @@ The contract, enforced by ``tests/stores/test_contract.py`` against every backen
   :class:`~async_endpoints.errors.IdempotencyConflictError` when the fingerprint
   differs); two racing submissions with one key make one job.
 * ``claim`` atomically takes up to ``limit`` waiting jobs whose due time has come,
-  earliest first, marks them InProgress with ``started_at = now``, and leases each
+  fairly between owners (round robin between the owners with due jobs, jobs
+  without an owner being one more; within one owner, in the order they became
+  due), marks them InProgress with ``started_at = now``, and leases each
   one to the caller until ``now + lease`` under a fresh, unique token.
 * Every change after a claim (``complete``, ``fail``, ``report_progress``,
   ``heartbeat``, ``release``) is accepted only with the job's current token
@@ -145,8 +147,9 @@ class JobStore(Protocol):
         now: float,
         request_id: str | None = None,
     ) -> list[Claim]:
-        """Lease up to ``limit`` due jobs to ``owner``, earliest due first; sent
-        again with the same ``request_id``, answer with the same claims."""
+        """Lease up to ``limit`` due jobs to ``owner``, fairly between the jobs'
+        owners (see above); sent again with the same ``request_id``, answer with
+        the same claims."""
         ...
 
     def heartbeat(

@@ -604,7 +604,11 @@ class MemoryStore:
             ):
                 # It may have been the job let out for a free slot: let another.
                 self._unpark_one(job.name)
-            return self._finish(done, ttl, now)
+            finished = self._finish(done, ttl, now)
+            if job.owner and job.owner not in self._owner_waiting:
+                # Its next job is not placed behind the ones it canceled.
+                self._last_tag.pop(job.owner, None)
+            return finished
 
     def recover_expired(
         self,

@@ -1472,6 +1472,19 @@ def test_a_handed_back_job_goes_to_the_back_of_its_owners_line(
     assert sorted(order) == sorted([*alice[2:], *bob[2:]])
 
 
+def test_an_owner_that_canceled_its_line_is_not_placed_behind_it(
+    store: JobStore,
+) -> None:
+    for _ in range(10):
+        submit(store, owner="bob")
+    canceled = [submit(store, owner="alice") for _ in range(10)]
+    for job_id in canceled:
+        store.cancel(job_id, ttl=TTL, now=NOW)
+    claim_order(store, 2)
+    fresh = submit(store, owner="alice")
+    assert fresh in claim_order(store, 2)
+
+
 # -- per-handler concurrency and rate limits ----------------------------------------
 
 

@@ -53,6 +53,8 @@ SCRIPTS = {
     "callback_claim",
     "callback_finish",
     "page",
+    "running",
+    "migrate",
     "prune",
     "recover_owner",
 }
@@ -569,3 +571,30 @@ def test_a_finished_job_with_its_index_entries_stays_small(
     # (about 145 B in a skiplist) and in its owner's (200 jobs each here:
     # a skiplist too); about 540 B in all. A job without an owner: about 380.
     assert per_job <= 560
+
+
+@pytest.mark.redis
+def test_the_sweeper_brings_the_older_index_layout_to_this_one(
+    real_client: redis.Redis, real_store: RedisStore
+) -> None:
+    """An older version kept one index per status for every handler (finished jobs
+    in their handler's index too, and an InProgress index): the first sweeps move
+    its entries, so that no job drops out of a listing after an upgrade."""
+    now = time.time()
+    done = real_store.submit(make_job(now=now), max_queue_size=0, now=now)
+    (claim,) = real_store.claim("w", limit=1, lease=LEASE, now=now)
+    real_store.complete(claim, None, ttl=TTL, now=now)
+    running = submit(real_store, now=now + 1)
+    (held,) = real_store.claim("w", limit=1, lease=LEASE, now=now + 1)
+    # The older layout, as that version left it.
+    real_client.delete("{only}:ix:s:Completed:Echo", "{only}:ix:names")
+    real_client.zadd("{only}:ix:s:Completed", {str(done.id): now})
+    real_client.zadd("{only}:ix:n:Echo", {str(done.id): now})
+    real_client.zadd("{only}:ix:s:InProgress", {str(running): now + 1})
+    assert real_store.list_page(status=JobStatus.COMPLETED, limit=10, now=now)[0] == []
+    real_store.prune_indexes(["Echo"], now=now)
+    assert not real_client.exists("{only}:ix:s:Completed", "{only}:ix:s:InProgress")
+    assert ids_in(real_client, "{only}:ix:s:Completed:Echo") == {str(done.id)}
+    assert ids_in(real_client, "{only}:ix:n:Echo") == {str(running)}
+    page, _ = real_store.list_page(limit=10, now=now)
+    assert [j.id for j in page] == [held.job_id, done.id]

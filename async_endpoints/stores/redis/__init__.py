@@ -34,11 +34,11 @@ and two kinds of Pub/Sub channels (not keys): ``{P}:ended:<uuid>``, told when
 the job ends (long polls), and ``{P}:cancels``, told the id of a running job
 whose cancellation was requested (every worker process listens).
 
-Key names are built in Python by ``_Keys`` and passed in ``KEYS``, with one
-exception: ``claim.lua``, ``recover_expired.lua`` and ``submit.lua`` (for the job an
-idempotency key names) learn job ids only inside the atomic step, so they receive
-the tagged prefix ``{P}:job:`` as a key and derive ``{P}:job:`` .. id. Those keys
-share the hash tag, hence the slot. No script calls ``KEYS`` or ``SCAN``.
+Key names are built in Python by ``_Keys`` and passed in ``KEYS``, except the
+names a script learns only inside its atomic step (a job id, a job's status,
+handler or owner): for those it receives the tagged prefix (``{P}:job:``,
+``{P}:ix:s:``, ``{P}:ix:n:``...) as a key and appends to it. Every such key shares
+the hash tag, hence the slot. No script calls ``KEYS`` or ``SCAN``.
 
 Job hash fields are short, and a field is absent when its value is ``None`` (or an
 empty mapping), to keep a finished job small (a few hundred bytes, listpack)::

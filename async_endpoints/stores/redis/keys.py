@@ -34,6 +34,8 @@ _ScriptName: TypeAlias = Literal[
     "callback_claim",
     "callback_finish",
     "page",
+    "running",
+    "migrate",
     "prune",
     "recover_owner",
 ]
@@ -73,12 +75,12 @@ class _Keys:
         self.status_prefix: Final = f"{tag}:ix:s:"
         self.owners: Final = f"{tag}:ix:owners"
         self.owner_waiting_prefix: Final = f"{tag}:ow:"
+        """Each owner's waiting jobs (zset), after this prefix."""
         self.rate_prefix: Final = f"{tag}:rate:"
         self.running: Final = f"{tag}:running"
         self.parked_prefix: Final = f"{tag}:parked:"
         self.fair: Final = f"{tag}:fair"
         """Fair claims: the latest claimed tag and each owner's latest (hash)."""
-        """Each owner's waiting jobs (zset), after this prefix."""
         self.finished: Final = f"{tag}:ix:finished"
         """Jobs that ended, per minute (hash: epoch minute -> count)."""
         self.name_prefix: Final = f"{tag}:ix:n:"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import (
+    Any,
     Final,
 )
 
@@ -84,15 +85,12 @@ class _Queries(_Clock):
         """
         parsed = parse_cursor(cursor)
         after = (repr(parsed[0]), parsed[1]) if parsed else None
-        found: list[tuple[float, str, Job]] = []
+        running = False
         if owner is not None:
             indexes = [self._keys.owner_index(owner)]
         else:  # merged, when there are several
             indexes = self._indexes(status, name)
-            if name is None and status in (None, JobStatus.IN_PROGRESS):
-                found = self._running(parsed)
-        if not indexes:
-            return self._cut(found, [], limit)
+            running = name is None and status in (None, JobStatus.IN_PROGRESS)
         args = [
             after[0] if after else "+inf",
             after[1] if after else "",
@@ -107,10 +105,15 @@ class _Queries(_Clock):
         calls: list[tuple[_ScriptName, list[str], list[str]]] = [
             ("page", [index, self._keys.job_prefix], args) for index in indexes
         ]
+        if running:  # in the same MULTI: each job seen once, as it was then
+            calls.append(("running", [self._keys.claimed, self._keys.job_prefix], []))
         if len(calls) == 1:
-            replies = [self._call("page", calls[0][1], args)]
+            replies = [self._call(*calls[0])]
         else:
             replies = self._pipeline(client, calls, atomic=True)
+        found: list[tuple[float, str, Job]] = []
+        if running:
+            found = self._running(replies.pop(), parsed)
         more: list[tuple[float, str]] = []
         for raw in replies:
             reply = _list(_plain(raw))
@@ -144,24 +147,18 @@ class _Queries(_Clock):
         page = [job for score, job_id, job in found[:limit] if (score, job_id) >= mark]
         return page, make_cursor(*mark)
 
-    def _running(self, after: tuple[float, str] | None) -> list[tuple[float, str, Job]]:
-        """Every running job (the leases' zset: as many as the deployment has
-        handler threads, whatever the number of jobs), after the cursor."""
-        with self._translate_errors():
-            client = self._redis()
-            raw: object = client.zrange(self._keys.claimed, 0, -1)
-            ids = [_str(_plain(i)) for i in _list(_plain(raw))]
-            pipe = client.pipeline(transaction=False)
-            for job_id in ids:
-                pipe.hgetall(self._keys.job(job_id))
-            hashes: list[object] = pipe.execute() if ids else []
+    @staticmethod
+    def _running(
+        raw: object, after: tuple[float, str] | None
+    ) -> list[tuple[float, str, Job]]:
+        """The running jobs of ``running.lua``'s reply (as many as the deployment
+        has handler threads, whatever the number of jobs), after the cursor."""
+        reply = _list(_plain(raw))
         running: list[tuple[float, str, Job]] = []
-        for job_id, fields in zip(ids, hashes, strict=True):
-            if not isinstance(fields, Mapping) or not fields:
-                continue
-            flat = [part for pair in fields.items() for part in pair]
+        for i in range(0, len(reply), 2):
+            job_id = _str(reply[i])
             try:
-                job = _decode_job(job_id, _plain(flat))
+                job = _decode_job(job_id, reply[i + 1])
             except (ValueError, TypeError, KeyError, IndexError):
                 continue  # unreadable: the claim that meets it fails it
             if job.status is not JobStatus.IN_PROGRESS:
@@ -227,15 +224,16 @@ class _Queries(_Clock):
             ids = [_str(_plain(i)) for i in _list(_plain(raw))]
             if not ids:
                 return deleted
-            gone = _int(
+            reply = _list(
                 self._call("purge", keys, [status.value, _num(older_than), *ids])
             )
+            gone, dropped = _int(reply[0]), _int(reply[1])
             deleted += gone
-            # Entries removed by the script shift the rest down: go on from
-            # where the survivors end.
+            # Entries removed by the script (deleted jobs', and those of jobs
+            # already expired) shift the rest down: go on where the survivors end.
             with self._translate_errors():
                 left: object = self._redis().zcard(index)
-            start = min(start + len(ids) - gone, _int(_plain(left)))
+            start = min(start + len(ids) - gone - dropped, _int(_plain(left)))
             if len(ids) < 500:
                 return deleted
 
@@ -313,6 +311,7 @@ class _Queries(_Clock):
         indexes += [self._keys.name_index(n) for n in known]
         owner_keys = [_str(_plain(k)) for k in _list(_plain(owners))]
         indexes += owner_keys
+        self._migrate(client)
         dropped = 0
         for _ in range(_PRUNE_ROUNDS):  # many may have expired since the last time
             gone = _int(
@@ -325,6 +324,17 @@ class _Queries(_Clock):
             for key in owner_keys:  # an owner with no job left is forgotten
                 if not client.exists(key):
                     client.srem(self._keys.owners, key)
+            # So is a handler no longer served whose jobs are all gone (a job
+            # that ends adds its name again).
+            for name in set(known) - set(names):
+                keys = [self._keys.name_index(name)]
+                keys += [
+                    self._keys.status_index(s.value, name)
+                    for s in JobStatus
+                    if s.is_finished
+                ]
+                if not client.exists(*keys):
+                    client.srem(self._keys.names, name)
             old = [
                 m
                 for m in (_str(_plain(m)) for m in _list(_plain(minutes)))
@@ -333,6 +343,31 @@ class _Queries(_Clock):
             if old:
                 client.hdel(self._keys.finished, *old)
         return dropped
+
+    def _migrate(self, client: object) -> None:
+        """Bring indexes of the older layout (one per status, for every handler)
+        to this one, a few batches per sweep: finished jobs move to their
+        handler's index of their status; the running jobs' index goes (the
+        leases' zset lists them)."""
+        plain: Any = client
+        older = {s: self._keys.status_prefix + s.value for s in JobStatus}
+        del older[JobStatus.QUEUED], older[JobStatus.SCHEDULED]  # the same now
+        with self._translate_errors():
+            if not plain.exists(*older.values()):
+                return  # nothing of the older layout (the usual case)
+            plain.delete(older.pop(JobStatus.IN_PROGRESS))
+        for status in older:
+            keys = [
+                self._keys.status_prefix + status.value,
+                self._keys.status_prefix,
+                self._keys.name_prefix,
+                self._keys.names,
+                self._keys.job_prefix,
+            ]
+            for _ in range(_PRUNE_ROUNDS):
+                taken = _int(self._call("migrate", keys, [status.value, "500"]))
+                if taken < 500:
+                    break
 
     def finished_per_minute(self, *, now: float, minutes: int = 60) -> dict[int, int]:
         """How many jobs ended in each of the last ``minutes`` minutes (epoch

@@ -358,6 +358,7 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             self._keys.wake,
             self._keys.name_prefix,
             self._keys.names,
+            self._keys.fair,
         ]
         args = [
             str(job_id),

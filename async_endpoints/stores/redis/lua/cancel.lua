@@ -21,6 +21,9 @@
 --          a canceled job's id leaves KEYS[10] .. name)
 -- KEYS[11] the names of the handlers with finished jobs {prefix}:ix:names (set;
 --          a canceled job's name added)
+-- KEYS[12] the fair-claims state {prefix}:fair (hash; an owner left with no
+--          waiting job by this cancel loses its entry 'o:' .. owner, so that
+--          its next job is not placed behind the jobs it canceled)
 --
 -- ARGV[1]  the job id
 -- ARGV[2]  now, epoch seconds (float string)
@@ -39,6 +42,7 @@
 -- -2 = the job is Completed or Failed ({-2, status}).
 
 local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu', 'c', 'o', 'cc', 'n')
+local name = held[8] or ''  -- a record without one: '' (it still ends)
 local status = held[1]
 if not status then
     return {-1}
@@ -64,6 +68,9 @@ elseif status ~= 'Canceled' then
     redis.call('ZREM', KEYS[4] .. status, ARGV[1])
     if held[6] then
         redis.call('ZREM', KEYS[6] .. held[6], ARGV[1])
+        if redis.call('EXISTS', KEYS[6] .. held[6]) == 0 then
+            redis.call('HDEL', KEYS[12], 'o:' .. held[6])
+        end
     end
     if held[7] then
         redis.call('ZREM', KEYS[7] .. held[8], ARGV[1])
@@ -78,10 +85,10 @@ elseif status ~= 'Canceled' then
             end
         end
     end
-    redis.call('ZADD', KEYS[4] .. 'Canceled:' .. held[8], tonumber(held[5]) or 0,
+    redis.call('ZADD', KEYS[4] .. 'Canceled:' .. name, tonumber(held[5]) or 0,
         ARGV[1])
-    redis.call('ZREM', KEYS[10] .. held[8], ARGV[1])
-    redis.call('SADD', KEYS[11], held[8])
+    redis.call('ZREM', KEYS[10] .. name, ARGV[1])
+    redis.call('SADD', KEYS[11], name)
     redis.call('HINCRBY', KEYS[5], math.floor(tonumber(ARGV[2]) / 60), 1)
     redis.call('EXPIRE', KEYS[1], ARGV[3])
     if held[4] then

@@ -44,6 +44,7 @@
 
 local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu', 'c',
     'cc', 'n')
+local name = held[10] or ''  -- a record without one: '' (it still ends)
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'c' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
@@ -59,9 +60,9 @@ if stored then
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[5] .. status .. ':' .. held[10], tonumber(held[8]) or 0, ARGV[1])
-redis.call('ZREM', KEYS[11] .. held[10], ARGV[1])
-redis.call('SADD', KEYS[12], held[10])
+redis.call('ZADD', KEYS[5] .. status .. ':' .. name, tonumber(held[8]) or 0, ARGV[1])
+redis.call('ZREM', KEYS[11] .. name, ARGV[1])
+redis.call('SADD', KEYS[12], name)
 redis.call('HINCRBY', KEYS[6], math.floor(tonumber(ARGV[3]) / 60), 1)
 redis.call('DEL', KEYS[3])
 if held[9] then  -- a slot of a limited handler frees: one parked job back

@@ -46,6 +46,7 @@
 
 local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu', 'c', 'o',
     'cc', 'n')
+local name = held[11] or ''  -- a record without one: '' (it still ends)
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'f' .. string.sub(ARGV[2], 1, 8) and 1 or 0
 end
@@ -72,10 +73,10 @@ if held[3] or ARGV[5] == '' then
     redis.call('HSET', KEYS[1], 's', status, 'x', ARGV[4], 'e', ARGV[3])
     redis.call('HDEL', KEYS[1], 'd', 'u')
     redis.call('EXPIRE', KEYS[1], ARGV[6])
-    redis.call('ZADD', KEYS[6] .. status .. ':' .. held[11], tonumber(held[8]) or 0,
+    redis.call('ZADD', KEYS[6] .. status .. ':' .. name, tonumber(held[8]) or 0,
         ARGV[1])
-    redis.call('ZREM', KEYS[11] .. held[11], ARGV[1])
-    redis.call('SADD', KEYS[12], held[11])
+    redis.call('ZREM', KEYS[11] .. name, ARGV[1])
+    redis.call('SADD', KEYS[12], name)
     redis.call('HINCRBY', KEYS[7], math.floor(tonumber(ARGV[3]) / 60), 1)
     if held[7] then
         redis.call('ZADD', KEYS[5], 0, ARGV[1])

@@ -16,15 +16,17 @@
 -- ARGV[2]  older than, epoch seconds (float string): completion before it
 -- ARGV[3..] the candidates' ids
 --
--- Returns how many jobs were deleted.
+-- Returns {deleted, dropped}: how many jobs were deleted, and how many entries
+-- of jobs already gone were dropped (both leave KEYS[1]).
 
-local deleted = 0
+local deleted, dropped = 0, 0
 local cutoff = tonumber(ARGV[2])
 for i = 3, #ARGV do
     local id = ARGV[i]
     local job = redis.call('HMGET', KEYS[4] .. id, 's', 'e', 'n', 'o')
     if not job[1] then
         redis.call('ZREM', KEYS[1], id)  -- expired: its entry goes too
+        dropped = dropped + 1
     elseif job[1] == ARGV[1] and job[2] and tonumber(job[2]) < cutoff then
         redis.call('DEL', KEYS[4] .. id)
         redis.call('ZREM', KEYS[1], id)
@@ -35,4 +37,4 @@ for i = 3, #ARGV do
         deleted = deleted + 1
     end
 end
-return deleted
+return {deleted, dropped}

@@ -63,10 +63,10 @@ for i = 12, #KEYS do
         end
 
         if held[3] then
-            redis.call('ZADD', KEYS[5] .. 'Canceled:' .. held[10], tonumber(held[7]) or 0,
+            redis.call('ZADD', KEYS[5] .. 'Canceled:' .. (held[10] or ''), tonumber(held[7]) or 0,
                 id)
-            redis.call('ZREM', KEYS[10] .. held[10], id)
-            redis.call('SADD', KEYS[11], held[10])
+            redis.call('ZREM', KEYS[10] .. (held[10] or ''), id)
+            redis.call('SADD', KEYS[11], held[10] or '')
             redis.call('HINCRBY', KEYS[6], math.floor(tonumber(ARGV[1]) / 60), 1)
             redis.call('HSET', KEYS[i], 's', 'Canceled', 'e', ARGV[1], 'v', version)
             redis.call('EXPIRE', KEYS[i], ARGV[2])

@@ -40,8 +40,8 @@ if held[4] then  -- its next end is delivered anew
     redis.call('ZREM', KEYS[4], ARGV[1])
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('ZREM', KEYS[5] .. 'Failed:' .. held[7], ARGV[1])
-redis.call('ZADD', KEYS[7] .. held[7], tonumber(held[5]) or 0, ARGV[1])
+redis.call('ZREM', KEYS[5] .. 'Failed:' .. (held[7] or ''), ARGV[1])
+redis.call('ZADD', KEYS[7] .. (held[7] or ''), tonumber(held[5]) or 0, ARGV[1])
 redis.call('ZADD', KEYS[5] .. 'Queued', tonumber(held[5]) or 0, ARGV[1])
 if held[6] then
     redis.call('ZADD', KEYS[6] .. held[6], ARGV[3], ARGV[1])

@@ -24,7 +24,6 @@ import argparse
 import statistics
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from async_endpoints.jobs import Job, JobStatus
@@ -55,7 +54,9 @@ def make_job(n: int, now: float, options: dict[str, Any]) -> Job:
     )
 
 
-def run_jobs(store: RedisStore, count: int, batch: int, options: dict[str, Any]) -> None:
+def run_jobs(
+    store: RedisStore, count: int, batch: int, options: dict[str, Any]
+) -> None:
     """Submit ``batch`` jobs, claim them, complete each; until ``count`` ran."""
     done = 0
     while done < count:
@@ -114,13 +115,12 @@ def main() -> None:
         for kind, options in KINDS.items():
             log(f"round {round_ + 1}: {kind}")
             rows[kind].append(measure(args.jobs, args.batch, options))
-    mid: Callable[[str, str], float] = lambda kind, field: statistics.median(
-        r[field] for r in rows[kind]
-    )
+
+    def mid(kind: str, field: str) -> float:
+        return statistics.median(r[field] for r in rows[kind])
+
     base = mid("no limits, no owner", "usec")
-    print(
-        f"{args.jobs} jobs, claims of {args.batch}, median of {args.rounds} rounds\n"
-    )
+    print(f"{args.jobs} jobs, claims of {args.batch}, median of {args.rounds} rounds\n")
     print(
         "| handler | Redis commands/job | Redis µs/job | vs plain | "
         "used_memory/finished job (B) | MEMORY USAGE/finished job (B) |"

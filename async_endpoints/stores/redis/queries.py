@@ -102,11 +102,13 @@ class _Queries(_Clock):
         ]
         with self._translate_errors():
             client = self._redis()
-        calls: list[tuple[_ScriptName, list[str], list[str]]] = [
-            ("page", [index, self._keys.job_prefix], args) for index in indexes
-        ]
+        calls: list[tuple[_ScriptName, list[str], list[str]]] = []
+        if indexes:  # one call merges them all: only the page's hashes are read
+            calls.append(("page", [self._keys.job_prefix, *indexes], args))
         if running:  # in the same MULTI: each job seen once, as it was then
             calls.append(("running", [self._keys.claimed, self._keys.job_prefix], []))
+        if not calls:
+            return [], None
         if len(calls) == 1:
             replies = [self._call(*calls[0])]
         else:

@@ -38,10 +38,11 @@ logger = logging.getLogger(__name__)
 
 _MIN_BLOCK: Final = 0.01
 """Shortest BLPOP, in seconds: 0 would mean "block forever"."""
-_CANCEL_PING: Final = 10.0
+_CANCEL_PING: Final = 30.0
 """How often the cancel listener PINGs through its subscription, in seconds: a
 subscription whose pong does not come within ``_REPLY_GRACE`` went silent
-without a reset (a black hole) and is made anew."""
+without a reset (a black hole) and is made anew. Cancellations missed meanwhile
+still arrive with the next heartbeat (each lists the canceled jobs it holds)."""
 _DUE_BLOCK: Final = 0.001
 """Shortest BLPOP before a known job falls due, in seconds."""
 _REPLY_GRACE: Final = 5.0

@@ -598,3 +598,30 @@ def test_the_sweeper_brings_the_older_index_layout_to_this_one(
     assert ids_in(real_client, "{only}:ix:n:Echo") == {str(running)}
     page, _ = real_store.list_page(limit=10, now=now)
     assert [j.id for j in page] == [held.job_id, done.id]
+
+
+@pytest.mark.redis
+def test_a_merged_page_reads_only_the_hashes_of_its_jobs(
+    real_client: redis.Redis, real_store: RedisStore
+) -> None:
+    """A page of one finished status merges one index per handler in one call,
+    and reads the hashes of the jobs it returns, not a page per index."""
+    now = time.time()
+    ids: list[uuid.UUID] = []
+    for n in range(60):
+        job = make_job(name=f"H{n % 3}", now=now + n)
+        real_store.submit(job, max_queue_size=0, now=now + n)
+        ids.append(job.id)
+    for claim in real_store.claim("w", limit=60, lease=LEASE, now=now + 60):
+        real_store.complete(claim, None, ttl=TTL, now=now + 60)
+    real_store.list_page(status=JobStatus.FAILED, limit=5, now=now + 60)  # loaded
+    real_client.config_resetstat()
+    page, cursor = real_store.list_page(
+        status=JobStatus.COMPLETED, limit=5, now=now + 60
+    )
+    assert [j.id for j in page] == ids[::-1][:5]  # newest first, across handlers
+    assert cursor is not None
+    stats = real_client.info("commandstats")
+    assert stats["cmdstat_hgetall"]["calls"] == 5
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert stats["cmdstat_zrevrange"]["calls"] == 3  # a batch of each index

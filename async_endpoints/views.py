@@ -458,7 +458,7 @@ def list_view(ext: Extension) -> Callable[..., ResponseReturnValue]:
             )
         args = request.args
         status = parse_status(args.get("status"))
-        raw_limit = args.get("limit", "20")
+        raw_limit = args.get("limit") or "20"  # limit= (empty): the default
         if _SECONDS_RE.fullmatch(raw_limit) is None or not (
             1 <= int(raw_limit[:4]) <= MAX_PAGE and len(raw_limit) <= 3
         ):

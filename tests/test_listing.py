@@ -88,6 +88,18 @@ def test_bad_parameters_are_400(app: Flask, ae: AsyncEndpoints, query: str) -> N
     assert_problem(client.get(f"/jobs?{query}", headers={"X-User": "u"}), 400)
 
 
+def test_empty_parameters_mean_their_defaults(app: Flask, ae: AsyncEndpoints) -> None:
+    add_handlers(ae)
+    client = app.test_client()
+    for _ in range(3):
+        client.post("/a", headers={"X-User": "u"})
+    response = client.get("/jobs?status=&name=&limit=&cursor=", headers={"X-User": "u"})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert len(body["jobs"]) == 3
+    assert body["nextCursor"] is None
+
+
 def test_listing_is_off_without_an_owner_function(
     app: Flask, ae: AsyncEndpoints
 ) -> None:

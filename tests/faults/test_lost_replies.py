@@ -243,6 +243,8 @@ def end_notices(direct: RedisStore, job_id: uuid.UUID) -> Iterator[EndNotices]:
     client = direct._redis()
     assert isinstance(client, redis.Redis)
     notices = EndNotices(client, direct._keys.ended(job_id))
+    # A waiter, as wait_for_end is: the end is published only to an awaited job.
+    direct._call("await", [direct._keys.job(job_id)], [])
     try:
         yield notices
     finally:

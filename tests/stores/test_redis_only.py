@@ -54,6 +54,7 @@ SCRIPTS = {
     "callback_finish",
     "page",
     "running",
+    "await",
     "migrate",
     "prune",
     "recover_owner",

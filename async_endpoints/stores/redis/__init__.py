@@ -52,6 +52,8 @@ empty mapping), to keep a finished job small (a few hundred bytes, listpack)::
     g  progress (JSON [fraction, message])
     k  "1" once cancellation was requested
     hb hand-backs in a row (absent: none)
+    lp "1" while somebody waits for the job's end (its end is PUBLISHed then)
+    ev "1" once somebody follows the job's events (its changes are PUBLISHed)
     lt "c" or "f" and the first 8 characters of the token whose complete or
        fail applied last (answers a re-send of that call)
     t  claim token     w  claiming worker            (InProgress only)

@@ -35,6 +35,7 @@ _ScriptName: TypeAlias = Literal[
     "callback_finish",
     "page",
     "running",
+    "await",
     "migrate",
     "prune",
     "recover_owner",

@@ -26,7 +26,7 @@ import redis.sentinel
 from async_endpoints.errors import (
     StoreUnavailableError,
 )
-from async_endpoints.jobs import Job
+from async_endpoints.jobs import Job, JobStatus
 from async_endpoints.stores.redis.client import (
     _BlockingConnection,
     _close_quietly,
@@ -36,6 +36,7 @@ from async_endpoints.stores.redis.codec import _decode_job, _plain
 
 logger = logging.getLogger(__name__)
 
+_ENDED: Final = frozenset(s.value for s in JobStatus if s.is_finished)
 _MIN_BLOCK: Final = 0.01
 """Shortest BLPOP, in seconds: 0 would mean "block forever"."""
 _CANCEL_PING: Final = 30.0
@@ -158,10 +159,12 @@ class _Waits(_Connection):
     def wait_for_end(self, job_id: uuid.UUID, timeout: float) -> None:
         """Block up to ``timeout`` seconds, or until the job has ended or is gone.
 
-        Subscribes to the job's end channel (the scripts that end a job publish
-        to it), then looks at the job once, so an end between the two is not
-        missed. On a Cluster, where plain Pub/Sub is broadcast to every node, it
-        looks at the job every 50 ms instead. :meth:`close` cuts the wait short.
+        Subscribes to the job's end channel, then marks the job as awaited and
+        reads its status (``await.lua``): the scripts that end a job publish to
+        that channel only for an awaited job, and an end between the two steps
+        is seen by the read. On a Cluster, where plain Pub/Sub is broadcast to
+        every node, it looks at the job every 50 ms instead. :meth:`close` cuts
+        the wait short.
 
         :raises StoreUnavailableError: Redis cannot be reached.
         """
@@ -176,8 +179,8 @@ class _Waits(_Connection):
             pubsub = plain.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self._keys.ended(job_id))
-                job = self.get(job_id, now=time.time())
-                while job is not None and not job.status.is_finished:
+                status = self._call("await", [self._keys.job(job_id)], [])
+                while isinstance(status, str) and status not in _ENDED:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or self._closed.is_set():
                         return

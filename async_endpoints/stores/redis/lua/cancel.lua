@@ -29,7 +29,8 @@
 -- ARGV[2]  now, epoch seconds (float string)
 -- ARGV[3]  ttl of the canceled job, whole seconds (integer >= 1)
 -- ARGV[4]  the job's end channel {prefix}:ended:<id>: PUBLISHed to when the job
---          ends here, so that long-polling readers wake (a channel, not a key)
+--          ends here and somebody waits for that (field lp, set by await.lua),
+--          so that long-polling readers wake (a channel, not a key)
 -- ARGV[5]  the cancels channel {prefix}:cancels: PUBLISHed the job's id when a
 --          running job is flagged, so that the process running it stops it at
 --          once (a channel, not a key)
@@ -41,7 +42,8 @@
 -- Canceled) with its hash HGETALL-style; -1 = no such job ({-1});
 -- -2 = the job is Completed or Failed ({-2, status}).
 
-local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu', 'c', 'o', 'cc', 'n')
+local held = redis.call('HMGET', KEYS[1], 's', 'v', 'ev', 'cu', 'c', 'o', 'cc', 'n',
+    'lp')
 local name = held[8] or ''  -- a record without one: '' (it still ends)
 local status = held[1]
 if not status then
@@ -94,7 +96,9 @@ elseif status ~= 'Canceled' then
     if held[4] then
         redis.call('ZADD', KEYS[3], 0, ARGV[1])
     end
-    redis.call('PUBLISH', ARGV[4], 'Canceled')
+    if held[9] then  -- somebody waits for its end (await.lua)
+        redis.call('PUBLISH', ARGV[4], 'Canceled')
+    end
     if held[3] then
         redis.call('PUBLISH', ARGV[6],
             cjson.encode({ARGV[1], redis.call('HGETALL', KEYS[1])}))

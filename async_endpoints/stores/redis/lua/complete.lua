@@ -29,7 +29,8 @@
 -- ARGV[3]  now, epoch seconds (float string)
 -- ARGV[4]  the result as JSON, or '' for null
 -- ARGV[5]  ttl of the finished job, whole seconds (integer >= 1)
--- ARGV[6]  the job's end channel {prefix}:ended:<id>: PUBLISHed to, so that
+-- ARGV[6]  the job's end channel {prefix}:ended:<id>: PUBLISHed to when
+--          somebody waits for the end (field lp, set by await.lua), so that
 --          long-polling readers wake (a channel, not a key)
 -- ARGV[7]  the events channel {prefix}:events (a channel, not a key): a job
 --          that somebody follows (field ev) is PUBLISHed there after the
@@ -43,7 +44,7 @@
 -- sent again (its reply was lost) also answers 1 and changes nothing.
 
 local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu', 'c',
-    'cc', 'n')
+    'cc', 'n', 'lp')
 local name = held[10] or ''  -- a record without one: '' (it still ends)
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'c' .. string.sub(ARGV[2], 1, 8) and 1 or 0
@@ -82,7 +83,9 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 if held[7] then
     redis.call('ZADD', KEYS[4], 0, ARGV[1])
 end
-redis.call('PUBLISH', ARGV[6], status)
+if held[11] then  -- somebody waits for its end (await.lua)
+    redis.call('PUBLISH', ARGV[6], status)
+end
 if held[6] then
     redis.call('PUBLISH', ARGV[7],
         cjson.encode({ARGV[1], redis.call('HGETALL', KEYS[1])}))

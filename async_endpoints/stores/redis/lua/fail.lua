@@ -33,7 +33,8 @@
 --          to fail for good (the hash's due time)
 -- ARGV[6]  ttl of a finished job, whole seconds (integer >= 1)
 -- ARGV[7]  the job's end channel {prefix}:ended:<id>: PUBLISHed to when the job
---          ends, so that long-polling readers wake (a channel, not a key)
+--          ends and somebody waits for that (field lp, set by await.lua), so
+--          that long-polling readers wake (a channel, not a key)
 -- ARGV[8]  retry_at on Redis's clock (the zset score), or ''
 -- ARGV[9]  the events channel {prefix}:events (a channel, not a key): a job
 --          that somebody follows (field ev) is PUBLISHed there after the
@@ -45,7 +46,7 @@
 -- again (its reply was lost) also answers 1 and changes nothing.
 
 local held = redis.call('HMGET', KEYS[1], 's', 't', 'k', 'lt', 'v', 'ev', 'cu', 'c', 'o',
-    'cc', 'n')
+    'cc', 'n', 'lp')
 local name = held[11] or ''  -- a record without one: '' (it still ends)
 if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
     return held[4] == 'f' .. string.sub(ARGV[2], 1, 8) and 1 or 0
@@ -81,7 +82,9 @@ if held[3] or ARGV[5] == '' then
     if held[7] then
         redis.call('ZADD', KEYS[5], 0, ARGV[1])
     end
-    redis.call('PUBLISH', ARGV[7], status)
+    if held[12] then  -- somebody waits for its end (await.lua)
+        redis.call('PUBLISH', ARGV[7], status)
+    end
 else
     redis.call('HSET', KEYS[1], 's', 'Scheduled', 'x', ARGV[4], 'd', ARGV[5],
         'u', ARGV[3])

@@ -29,7 +29,8 @@
 -- ARGV[1]      now, epoch seconds (float string)
 -- ARGV[2]      ttl of a canceled job, whole seconds (integer >= 1)
 -- ARGV[3]      the end-channel prefix {prefix}:ended: (channels, not keys): a
---              canceled job is PUBLISHed on ARGV[3] .. id
+--              canceled job is PUBLISHed on ARGV[3] .. id when somebody waits for
+--              its end (field lp, set by await.lua)
 -- ARGV[4]      now on Redis's clock (float string): the released ids' score
 -- ARGV[5]      the events channel {prefix}:events: PUBLISHed a released job as
 --              JSON [id, its hash HGETALL-style] when somebody follows it
@@ -44,7 +45,7 @@ for i = 12, #KEYS do
     local n = i - 11
     local id, token = ARGV[2 * n + 4], ARGV[2 * n + 5]
     local held = redis.call('HMGET', KEYS[i], 's', 't', 'k', 'v', 'ev', 'cu', 'c', 'o',
-        'cc', 'n')
+        'cc', 'n', 'lp')
     if held[1] == 'InProgress' and held[2] == token then
         redis.call('HDEL', KEYS[i], 't', 'w', 'u')  -- u: set again below, or e
         local version = (tonumber(held[4]) or 0) + 1
@@ -73,7 +74,9 @@ for i = 12, #KEYS do
             if held[6] then
                 redis.call('ZADD', KEYS[4], 0, id)
             end
-            redis.call('PUBLISH', ARGV[3] .. id, 'Canceled')
+            if held[11] then  -- somebody waits for its end (await.lua)
+                redis.call('PUBLISH', ARGV[3] .. id, 'Canceled')
+            end
         else
             redis.call('HSET', KEYS[i], 's', 'Queued', 'd', ARGV[1], 'u', ARGV[1],
                 'v', version)

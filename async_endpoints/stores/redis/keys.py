@@ -47,6 +47,12 @@ _SCRIPT_NAMES: Final[tuple[_ScriptName, ...]] = get_args(_ScriptName)
 
 @functools.cache
 def _script_source(name: _ScriptName) -> str:
+    """A script as Redis runs it: the shared functions of ``_prelude.lua``
+    (waking a worker, freeing a concurrency slot), then the script's own text."""
+    return _lua_text("_prelude") + _lua_text(name)
+
+
+def _lua_text(name: str) -> str:
     package = __package__ or __name__.rpartition(".")[0]
     resource = importlib.resources.files(package).joinpath("lua", f"{name}.lua")
     return resource.read_text(encoding="utf-8")

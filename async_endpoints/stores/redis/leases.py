@@ -138,18 +138,11 @@ class _Leases(_Clock):
                 logger.exception("could not fail unreadable job %s", job_id)
         return claims
 
-    def _fail_call(
-        self,
-        job_id: str,
-        token: str,
-        error: ErrorInfo,
-        retry_at: float | None,
-        ttl: float,
-        now: float,
-    ) -> tuple[list[str], list[str]]:
-        """``fail.lua``'s keys and arguments (see the script)."""
-        keys = [
-            self._keys.job(job_id),
+    def _ending_keys(self) -> list[str]:
+        """The keys of every script that may end a held job or give it back
+        (``fail.lua`` after the job's hash, ``release.lua`` before the hashes),
+        in their order."""
+        return [
             self._keys.ready,
             self._keys.claimed,
             self._keys.wake,
@@ -162,6 +155,18 @@ class _Leases(_Clock):
             self._keys.name_prefix,
             self._keys.names,
         ]
+
+    def _fail_call(
+        self,
+        job_id: str,
+        token: str,
+        error: ErrorInfo,
+        retry_at: float | None,
+        ttl: float,
+        now: float,
+    ) -> tuple[list[str], list[str]]:
+        """``fail.lua``'s keys and arguments (see the script)."""
+        keys = [self._keys.job(job_id), *self._ending_keys()]
         args = [
             job_id,
             token,
@@ -216,20 +221,7 @@ class _Leases(_Clock):
         """
         if not claims:
             return
-        keys = [
-            self._keys.ready,
-            self._keys.claimed,
-            self._keys.wake,
-            self._keys.callbacks,
-            self._keys.status_prefix,
-            self._keys.finished,
-            self._keys.owner_waiting_prefix,
-            self._keys.running,
-            self._keys.parked_prefix,
-            self._keys.name_prefix,
-            self._keys.names,
-        ]
-        keys += [self._keys.job(c.job_id) for c in claims]
+        keys = self._ending_keys() + [self._keys.job(c.job_id) for c in claims]
         args = [
             _num(now),
             _ttl_seconds(ttl),

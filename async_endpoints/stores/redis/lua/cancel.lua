@@ -78,13 +78,7 @@ elseif status ~= 'Canceled' then
         redis.call('ZREM', KEYS[7] .. held[8], ARGV[1])
         local running = tonumber(redis.call('HGET', KEYS[8], held[8]) or '0')
         if running < tonumber(held[7]) then
-            local back = redis.call('ZPOPMIN', KEYS[7] .. held[8])
-            if back[1] then
-                redis.call('ZADD', KEYS[2], back[2], back[1])
-                if redis.call('LPUSH', KEYS[9], '1') > 64 then
-                    redis.call('LTRIM', KEYS[9], 0, 31)
-                end
-            end
+            unpark_one(KEYS[7], held[8], KEYS[2], KEYS[9])
         end
     end
     redis.call('ZADD', KEYS[4] .. 'Canceled:' .. name, tonumber(held[5]) or 0,

@@ -67,16 +67,7 @@ redis.call('SADD', KEYS[12], name)
 redis.call('HINCRBY', KEYS[6], math.floor(tonumber(ARGV[3]) / 60), 1)
 redis.call('DEL', KEYS[3])
 if held[9] then  -- a slot of a limited handler frees: one parked job back
-    if redis.call('HINCRBY', KEYS[7], held[10], -1) < 0 then
-        redis.call('HSET', KEYS[7], held[10], 0)
-    end
-    local back = redis.call('ZPOPMIN', KEYS[8] .. held[10])
-    if back[1] then
-        redis.call('ZADD', KEYS[9], back[2], back[1])
-        if redis.call('LPUSH', KEYS[10], '1') > 64 then
-            redis.call('LTRIM', KEYS[10], 0, 31)
-        end
-    end
+    free_slot(KEYS[7], KEYS[8], held[10], KEYS[9], KEYS[10])
 end
 
 redis.call('EXPIRE', KEYS[1], ARGV[5])

@@ -53,16 +53,7 @@ if held[1] ~= 'InProgress' or held[2] ~= ARGV[2] then
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 if held[10] then  -- a slot of a limited handler frees: one parked job back
-    if redis.call('HINCRBY', KEYS[9], held[11], -1) < 0 then
-        redis.call('HSET', KEYS[9], held[11], 0)
-    end
-    local back = redis.call('ZPOPMIN', KEYS[10] .. held[11])
-    if back[1] then
-        redis.call('ZADD', KEYS[2], back[2], back[1])
-        if redis.call('LPUSH', KEYS[4], '1') > 64 then
-            redis.call('LTRIM', KEYS[4], 0, 31)
-        end
-    end
+    free_slot(KEYS[9], KEYS[10], held[11], KEYS[2], KEYS[4])
 end
 
 redis.call('HDEL', KEYS[1], 't', 'w', 'hb')
@@ -94,9 +85,7 @@ else
         redis.call('ZADD', KEYS[8] .. held[9], ARGV[8], ARGV[1])
     end
     redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
-    if redis.call('LPUSH', KEYS[4], '1') > 64 then
-        redis.call('LTRIM', KEYS[4], 0, 31)
-    end
+    wake(KEYS[4])
 end
 if held[6] then
     redis.call('PUBLISH', ARGV[9],

@@ -46,12 +46,7 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, AR
 for i, id in ipairs(ids) do
     local key = KEYS[2] .. id
     if redis.call('HGET', key, 's') == 'InProgress' then
-        local token = ARGV[4] .. ':' .. i
-        redis.call('HSET', key, 't', token, 'w', ARGV[5])
-        redis.call('ZADD', KEYS[1], ARGV[3], id)
-        out[#out + 1] = id
-        out[#out + 1] = token
-        out[#out + 1] = redis.call('HGETALL', key)
+        relet(out, key, id, ARGV[4] .. ':' .. i, ARGV[5], KEYS[1], ARGV[3])
         taken[#taken + 1] = i .. '=' .. id
     else
         redis.call('ZREM', KEYS[1], id)

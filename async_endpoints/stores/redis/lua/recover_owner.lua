@@ -30,12 +30,7 @@ for _, id in ipairs(ids) do
     local held = redis.call('HMGET', key, 's', 'w')
     if held[1] == 'InProgress' and held[2] == ARGV[1] then
         n = n + 1
-        local token = ARGV[4] .. ':' .. n
-        redis.call('HSET', key, 't', token, 'w', ARGV[5])
-        redis.call('ZADD', KEYS[1], ARGV[3], id)
-        out[#out + 1] = id
-        out[#out + 1] = token
-        out[#out + 1] = redis.call('HGETALL', key)
+        relet(out, key, id, ARGV[4] .. ':' .. n, ARGV[5], KEYS[1], ARGV[3])
     end
 end
 return out

@@ -51,16 +51,7 @@ for i = 12, #KEYS do
         local version = (tonumber(held[4]) or 0) + 1
         redis.call('ZREM', KEYS[2], id)
         if held[9] then  -- a slot of a limited handler frees: one parked job back
-            if redis.call('HINCRBY', KEYS[8], held[10], -1) < 0 then
-                redis.call('HSET', KEYS[8], held[10], 0)
-            end
-            local back = redis.call('ZPOPMIN', KEYS[9] .. held[10])
-            if back[1] then
-                redis.call('ZADD', KEYS[1], back[2], back[1])
-                if redis.call('LPUSH', KEYS[3], '1') > 64 then
-                    redis.call('LTRIM', KEYS[3], 0, 31)
-                end
-            end
+            free_slot(KEYS[8], KEYS[9], held[10], KEYS[1], KEYS[3])
         end
 
         if held[3] then
@@ -96,8 +87,6 @@ for i = 12, #KEYS do
     end
 end
 if queued > 0 then
-    if redis.call('LPUSH', KEYS[3], '1') > 64 then
-        redis.call('LTRIM', KEYS[3], 0, 31)
-    end
+    wake(KEYS[3])
 end
 return released

@@ -46,9 +46,7 @@ redis.call('ZADD', KEYS[5] .. 'Queued', tonumber(held[5]) or 0, ARGV[1])
 if held[6] then
     redis.call('ZADD', KEYS[6] .. held[6], ARGV[3], ARGV[1])
 end
-if redis.call('LPUSH', KEYS[3], '1') > 64 then
-    redis.call('LTRIM', KEYS[3], 0, 31)
-end
+wake(KEYS[3])
 if held[3] then
     redis.call('PUBLISH', ARGV[4],
         cjson.encode({ARGV[1], redis.call('HGETALL', KEYS[1])}))

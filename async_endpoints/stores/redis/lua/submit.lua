@@ -124,7 +124,5 @@ end
 if ARGV[4] ~= '' then
     redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5])
 end
-if redis.call('LPUSH', KEYS[3], '1') > 64 then
-    redis.call('LTRIM', KEYS[3], 0, 31)
-end
+wake(KEYS[3])
 return {0}

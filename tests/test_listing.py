@@ -139,3 +139,28 @@ def test_an_owner_over_the_quota_gets_429(app: Flask) -> None:
     with app.app_context():
         ae.run_due_jobs()  # alice's jobs run: her places are free again
     assert client.post("/a", headers={"X-User": "alice"}).status_code == 202
+
+
+def test_a_page_has_20_jobs_by_default_and_at_most_100(
+    app: Flask, ae: AsyncEndpoints
+) -> None:
+    add_handlers(ae)
+    client = app.test_client()
+    for _ in range(21):
+        client.post("/a", headers={"X-User": "u"})
+    body = client.get("/jobs", headers={"X-User": "u"}).get_json()
+    assert len(body["jobs"]) == 20
+    assert body["nextCursor"] is not None
+    body = client.get("/jobs?limit=100", headers={"X-User": "u"}).get_json()
+    assert len(body["jobs"]) == 21
+    assert body["nextCursor"] is None
+
+
+def test_without_a_quota_an_owner_may_queue_freely_over_http(
+    app: Flask, ae: AsyncEndpoints
+) -> None:
+    assert app.config["ASYNC_ENDPOINTS_MAX_QUEUED_PER_OWNER"] == 0  # the default
+    add_handlers(ae)
+    client = app.test_client()
+    codes = {client.post("/a", headers={"X-User": "u"}).status_code for _ in range(30)}
+    assert codes == {202}

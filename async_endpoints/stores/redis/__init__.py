@@ -1,7 +1,8 @@
 """``RedisStore``: the job store every process of a deployment shares through Redis.
 
-Each state transition is one Lua script (``stores/redis/lua/<method>.lua``), registered
-once per store and run by SHA (redis-py reloads it on ``NOSCRIPT``). The caller's
+Each state transition is one Lua script (``stores/redis/lua/<method>.lua``, preceded by
+the functions they share, ``_prelude.lua``), registered once per store and run by SHA
+(redis-py reloads it on ``NOSCRIPT``). The caller's
 clock arrives in ``ARGV`` as ``now`` for the times a job shows; the instants that
 decide between processes (due scores, lease ends, heartbeats) arrive as ``now``
 plus the process's measured offset to Redis ``TIME`` (``clock.lua``), so they are

@@ -190,6 +190,44 @@ def test_a_refused_callback_url_is_422_and_creates_no_job(url: str, why: str) ->
         assert ae._state().store.queue_size() == 0
 
 
+@pytest.mark.parametrize(
+    "entry", ["example.com:8443", "127.0.0.1:8080", "[::1]:8443", "example.com/hooks"]
+)
+def test_callback_hosts_with_a_port_or_a_path_are_a_configuration_error(
+    entry: str,
+) -> None:
+    with pytest.raises(ConfigurationError, match="CALLBACK_HOSTS takes host names"):
+        callback_app(CALLBACK_HOSTS=["hooks.example.com", entry])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost/hook",
+        "http://localhost:8443/hook",
+        "https://localhost:9/hook",
+        "http://LocalHost.:8080/hook",
+    ],
+)
+def test_a_listed_host_name_is_accepted_on_any_port(url: str) -> None:
+    app, _ = callback_app(CALLBACK_HOSTS=["localhost"])
+    client = app.test_client()
+    assert submit(client, url)["callback"]["url"] == url
+
+
+def test_a_host_is_matched_by_its_name_not_by_its_address() -> None:
+    app, ae = callback_app(CALLBACK_HOSTS=["localhost"])
+    body = assert_problem(
+        app.test_client().post(
+            "/work", json={}, headers={"Callback-Url": "http://127.0.0.1:8443/hook"}
+        ),
+        422,
+    )
+    assert "not one this server" in str(body["detail"])
+    with app.app_context():
+        assert ae._state().store.queue_size() == 0
+
+
 def test_a_private_address_is_refused_unless_allowed() -> None:
     app, _ = callback_app(CALLBACK_ALLOW_PRIVATE=False)
     client = app.test_client()
@@ -283,6 +321,60 @@ def test_backoff_doubles_up_to_five_minutes() -> None:
     ]
 
 
+def assert_attempts_after(
+    gaps: list[float], app: Flask, ae: AsyncEndpoints, clock: Any, receiver: Receiver
+) -> None:
+    """Each next attempt comes exactly ``gaps[n]`` seconds after the one before."""
+    with app.app_context():
+        for gap in gaps:
+            sent = len(receiver.received)
+            clock.tick(gap - 0.1)
+            ae.run_due_jobs()
+            assert len(receiver.received) == sent, f"an attempt before {gap} s"
+            clock.tick(0.1)
+            ae.run_due_jobs()
+            assert len(receiver.received) == sent + 1, f"no attempt after {gap} s"
+
+
+def test_a_callback_gets_8_attempts_by_default_2_4_8_seconds_apart(
+    receiver: Receiver,
+) -> None:
+    receiver.answers = [500] * 10
+    app, ae = callback_app()
+    client = app.test_client()
+    with freeze_time("2026-12-06 12:00:00", tick=False) as clock:
+        job = submit(client, receiver.url)
+        with app.app_context():
+            ae.run_due_jobs()
+        assert len(receiver.received) == 1
+        assert_attempts_after([2, 4, 8, 16, 32, 64, 128], app, ae, clock, receiver)
+        with app.app_context():
+            for _ in range(3):
+                clock.tick(600)
+                ae.run_due_jobs()
+    assert len(receiver.received) == 8
+    final = client.get(f"/jobs/{job['id']}").get_json()
+    assert final["callback"]["status"] == "Failed"
+    assert final["callback"]["attempts"] == 8
+
+
+def test_the_wait_between_attempts_stops_growing_at_5_minutes(
+    receiver: Receiver,
+) -> None:
+    receiver.answers = [500] * 12
+    app, ae = callback_app(CALLBACK_MAX_ATTEMPTS=11)
+    client = app.test_client()
+    with freeze_time("2026-12-06 12:00:00", tick=False) as clock:
+        job = submit(client, receiver.url)
+        with app.app_context():
+            ae.run_due_jobs()
+        gaps = [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+        assert_attempts_after(gaps, app, ae, clock, receiver)
+    assert len(receiver.received) == 11
+    final = client.get(f"/jobs/{job['id']}").get_json()
+    assert final["callback"]["status"] == "Failed"
+
+
 def test_after_the_last_attempt_the_callback_is_failed(receiver: Receiver) -> None:
     receiver.answers = [500, 500, 500]
     app, ae = callback_app(CALLBACK_MAX_ATTEMPTS=2)
@@ -347,6 +439,43 @@ def test_a_receiver_that_hangs_times_out(
     assert time.monotonic() - began < 5
     final = client.get(f"/jobs/{job['id']}").get_json()
     assert "timed out" in final["callback"]["lastError"].lower()
+
+
+def test_a_delivery_times_out_after_5_seconds_and_is_tried_again(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each attempt is sent with a 5 s timeout (here shortened, once recorded,
+    for the receiver that never answers the first); the attempt that timed out
+    is a failed one, retried 2 s later."""
+    import async_endpoints.callbacks
+
+    timeouts: list[float] = []
+    send = async_endpoints.callbacks.send
+
+    def timed_send(*args: Any, timeout: float) -> str | None:
+        timeouts.append(timeout)
+        return send(*args, timeout=0.2)
+
+    monkeypatch.setattr(async_endpoints.callbacks, "send", timed_send)
+    receiver.hold = threading.Event()  # the first attempt is never answered
+    app, ae = callback_app()
+    client = app.test_client()
+    with freeze_time("2026-12-06 12:00:00", tick=False) as clock:
+        job = submit(client, receiver.url)
+        with app.app_context():
+            ae.run_due_jobs()
+            body = client.get(f"/jobs/{job['id']}").get_json()
+            assert body["callback"]["status"] == "Pending"
+            assert body["callback"]["attempts"] == 1
+            assert "timed out" in body["callback"]["lastError"].lower()
+            clock.tick(2)
+            ae.run_due_jobs()
+    assert timeouts == [5.0, 5.0]
+    assert len(receiver.received) == 2
+    assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
+    final = client.get(f"/jobs/{job['id']}").get_json()
+    assert final["callback"]["status"] == "Delivered"
+    assert final["callback"]["attempts"] == 2
 
 
 def test_the_secret_never_reaches_the_log(

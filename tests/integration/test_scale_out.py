@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ from async_endpoints.stores.redis import RedisStore
 from tests.conftest import RedisServer, free_port, redis_binary
 from tests.stores import test_contract
 from tests.stores.conftest import make_job
+from tests.test_events import Stream
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -462,6 +464,57 @@ def test_prefixes_spread_over_the_nodes(cluster: Cluster) -> None:
                     assert keys == []
     finally:
         client.close()
+
+
+def test_a_jobs_events_stream_from_the_cluster(cluster: Cluster) -> None:
+    """The store's announcements of changes reach an event stream on the Cluster:
+    the job's state at once, then each change as the worker makes it, and the
+    stream ends with the job (well before its time limit, which bounds the test)."""
+    app, ae = make_app(cluster.url, "events", ASYNC_ENDPOINTS_MAX_STREAM_SECONDS=10)
+    halfway, finish = threading.Event(), threading.Event()
+
+    @ae.post("/halves", name="Halves")
+    def halves(ctx: AsyncContext) -> str:
+        assert halfway.wait(10), "the test did not let the job go on"
+        ctx.report_progress(0.5, "half")
+        assert finish.wait(10), "the test did not let the job finish"
+        return "done"
+
+    client = app.test_client()
+    response = client.post("/halves", json={})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    stream = Stream(client, f"/jobs/{response.get_json()['id']}/events")
+    try:
+        assert stream.response.status_code == 200
+        assert stream.response.mimetype == "text/event-stream"
+        opened = time.monotonic()
+        event = stream.next_event()
+        assert event is not None
+        assert event["job"]["status"] in ("Queued", "InProgress")
+        while event is not None and event["job"]["status"] != "InProgress":
+            event = stream.next_event()
+        assert event is not None, "the stream ended before the job started"
+        started = event
+        halfway.set()
+        half = stream.next_event()
+        assert half is not None
+        assert half["job"]["progress"] == {"fraction": 0.5, "message": "half"}
+        finish.set()
+        final = stream.next_event()
+        assert final is not None
+        assert final["job"]["status"] == "Completed"
+        assert final["job"]["result"] == "done"
+        assert stream.next_block() is None
+        assert time.monotonic() - opened < 10, "the stream ended by its time limit"
+    finally:
+        halfway.set()
+        finish.set()
+        stream.close()
+        with app.app_context():
+            ae.shutdown()
+    ids = [started["id"], half["id"], final["id"]]
+    assert ids == sorted(set(ids))
+    assert ids == [e["job"]["version"] for e in (started, half, final)]
 
 
 def test_a_cluster_client_can_be_passed_in(cluster: Cluster) -> None:

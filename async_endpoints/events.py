@@ -174,6 +174,9 @@ class EventsHub:
             self._listen(ready, stopped)
 
     def _listen(self, ready: threading.Event, stopped: threading.Event) -> None:
+        # The first subscription wakes nobody: every follower waits for it in
+        # follow() and reads its job after it.
+        subscribed = False
         while not stopped.is_set():
             try:
                 changed = self._store.wait_for_changes(_BLOCK)
@@ -191,8 +194,10 @@ class EventsHub:
                 continue
             ready.set()  # the store answered: announcements reach us
             if changed is None:  # subscribed anew: anything may have changed
-                for follower in self._all():
-                    follower.wake()
+                if subscribed:
+                    for follower in self._all():
+                        follower.wake()
+                subscribed = True
                 continue
             with self._lock:
                 news = [

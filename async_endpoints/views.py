@@ -418,7 +418,11 @@ def _stream(
             if not news:
                 yield ": keep-alive\n\n"
                 continue
-            for item in news:
+            for n, item in enumerate(news):
+                if item is None and any(later is not None for later in news[n + 1 :]):
+                    # Announcements may have been missed before the states that
+                    # follow: those are newer, and each of them is sent.
+                    continue
                 if item is None:  # announcements may have been missed
                     try:
                         item = state.manager.get(job.id)

@@ -17,8 +17,9 @@ so every key of one prefix lives in one slot)::
                                  due time (epoch seconds, Redis's clock), or, once
                                  due, by a fair-claims tag (tag - 1e12, below
                                  every time): see claim.lua
-    {P}:fair             hash    'v' -> the latest claimed tag, 'o:<owner>' ->
-                                 the owner's latest tag (round robin)
+    {P}:fair             zset    'v' scored by the latest claimed tag,
+                                 'o:<owner>' by the owner's latest tag (round
+                                 robin)
     {P}:claimed          zset    InProgress job ids, scored by lease end (Redis's
                                  clock)
     {P}:wake             list    wake-up tokens for idle workers (BLPOP): at most 64,

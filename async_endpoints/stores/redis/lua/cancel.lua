@@ -21,7 +21,7 @@
 --          a canceled job's id leaves KEYS[10] .. name)
 -- KEYS[11] the names of the handlers with finished jobs {prefix}:ix:names (set;
 --          a canceled job's name added)
--- KEYS[12] the fair-claims state {prefix}:fair (hash; an owner left with no
+-- KEYS[12] the fair-claims state {prefix}:fair (zset; an owner left with no
 --          waiting job by this cancel loses its entry 'o:' .. owner, so that
 --          its next job is not placed behind the jobs it canceled)
 --
@@ -71,7 +71,7 @@ elseif status ~= 'Canceled' then
     if held[6] then
         redis.call('ZREM', KEYS[6] .. held[6], ARGV[1])
         if redis.call('EXISTS', KEYS[6] .. held[6]) == 0 then
-            redis.call('HDEL', KEYS[12], 'o:' .. held[6])
+            redis.call('ZREM', KEYS[12], 'o:' .. held[6])
         end
     end
     if held[7] then

@@ -32,9 +32,9 @@
 -- KEYS[9]  the parked jobs' prefix "{prefix}:parked:" (KEYS[9] .. name: a zset
 --          of the waiting jobs of a handler whose every slot was taken; the end
 --          of one of its jobs moves one back to KEYS[1])
--- KEYS[10] the fair-claims state {prefix}:fair (hash: 'v' -> the latest
---          claimed tag, 'o:' .. owner -> the owner's latest tag, deleted when
---          that job is claimed)
+-- KEYS[10] the fair-claims state {prefix}:fair (zset: 'v' scored by the
+--          highest claimed tag, raised with ZADD GT; 'o:' .. owner by the
+--          owner's latest tag, removed when that job is claimed)
 --
 -- ARGV[1]  now on Redis's clock, epoch seconds (float string): jobs whose score
 --          is at or before it are taken
@@ -82,37 +82,64 @@ end
 local now, limit, stamp = ARGV[1], tonumber(ARGV[2]), ARGV[6]
 local OFFSET = 1e12
 
--- Due jobs still scored by time get their tags first, earliest due first.
-local late = redis.call('ZRANGEBYSCORE', KEYS[1], 0, now, 'LIMIT', 0, limit + 100)
-local vtime = 0
-if #late > 0 then
-    vtime = tonumber(redis.call('HGET', KEYS[10], 'v') or '0')
-    local latest = {}
-    for _, id in ipairs(late) do
-        local group = 'o:' .. (redis.call('HGET', KEYS[3] .. id, 'o') or '')
-        local last = latest[group]
-        if not last then
-            last = tonumber(redis.call('HGET', KEYS[10], group) or '0')
-        end
-        local tag = math.max(vtime, last) + 1
-        latest[group] = tag
-        redis.call('ZADD', KEYS[1], string.format('%d', tag - OFFSET), id)
+-- Due jobs still scored by time get their tags first, earliest due first. The
+-- same read finds the earliest job not yet due (`later`), the reply's next_due
+-- when nothing due is left.
+local window = limit + 100
+local timed = redis.call('ZRANGEBYSCORE', KEYS[1], 0, '+inf', 'WITHSCORES',
+    'LIMIT', 0, window + 1)
+local later = nil
+local latest = {}
+local vtime = nil
+for i = 1, #timed, 2 do
+    local id, score = timed[i], timed[i + 1]
+    if tonumber(score) > tonumber(now) then
+        later = score
+        break
     end
-    for group, tag in pairs(latest) do
-        redis.call('HSET', KEYS[10], group, string.format('%d', tag))
+    if i > 2 * window then
+        break
     end
+    if not vtime then
+        vtime = tonumber(redis.call('ZSCORE', KEYS[10], 'v') or '0')
+    end
+    local group = 'o:' .. (redis.call('HGET', KEYS[3] .. id, 'o') or '')
+    local last = latest[group]
+    if not last then
+        last = tonumber(redis.call('ZSCORE', KEYS[10], group) or '0')
+    end
+    local tag = math.max(vtime, last) + 1
+    latest[group] = tag
+    redis.call('ZADD', KEYS[1], string.format('%d', tag - OFFSET), id)
 end
+if vtime then
+    local pairs_ = {}
+    for group, tag in pairs(latest) do
+        pairs_[#pairs_ + 1] = string.format('%d', tag)
+        pairs_[#pairs_ + 1] = group
+    end
+    redis.call('ZADD', KEYS[10], unpack(pairs_))
+end
+-- Whether `later` is the earliest job scored by time: not when the read was
+-- full of due jobs (then more may follow, read again at the end if needed).
+local known_later = #timed < 2 * (window + 1) or later ~= nil
 
 local claimed = {}
 local served = 0  -- the highest tag claimed
 local n = 0
 local examined = 0  -- bounded: a burst of limited jobs is set aside over claims
+local drained = false  -- whether no due job is left in KEYS[1]
 while n < limit and examined < limit + 1000 do
+    local want = limit - n
     local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES',
-        'LIMIT', 0, limit - n)
+        'LIMIT', 0, want)
     if #due == 0 then
+        drained = true
         break
     end
+    -- Fewer than asked: nothing else is due once these are handled (a job set
+    -- aside by a rate limit goes back due later, a parked one elsewhere).
+    drained = #due < 2 * want
     local ids = {}
     for i = 1, #due, 2 do
         ids[#ids + 1] = due[i]
@@ -159,17 +186,21 @@ while n < limit and examined < limit + 1000 do
             end
         end
         if admitted and rate then
-            local cap, window = string.match(rate, '^(%d+)/([%d.]+)$')
-            cap, window = tonumber(cap), tonumber(window)
+            local cap, span = string.match(rate, '^(%d+)/([%d.]+)$')
+            cap, span = tonumber(cap), tonumber(span)
             local log = KEYS[7] .. handler
-            redis.call('ZREMRANGEBYSCORE', log, '-inf', tonumber(now) - window)
+            redis.call('ZREMRANGEBYSCORE', log, '-inf', tonumber(now) - span)
             if redis.call('ZCARD', log) >= cap then
                 local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
-                redis.call('ZADD', KEYS[1], tonumber(oldest[2]) + window, id)
+                local at = tonumber(oldest[2]) + span
+                redis.call('ZADD', KEYS[1], at, id)
+                if later == nil or at < tonumber(later) then
+                    later = string.format('%.17g', at)
+                end
                 admitted = false
             else
                 redis.call('ZADD', log, now, ARGV[4] .. ':' .. id)
-                redis.call('PEXPIRE', log, math.ceil(window * 1000) + 1000)
+                redis.call('PEXPIRE', log, math.ceil(span * 1000) + 1000)
             end
         end
         if admitted and slots then
@@ -195,9 +226,9 @@ while n < limit and examined < limit + 1000 do
                 served = math.max(served, tag)
                 if owner then  -- the owner's latest tag, once taken, is not needed
                     local group = 'o:' .. owner
-                    local last = tonumber(redis.call('HGET', KEYS[10], group) or '0')
+                    local last = tonumber(redis.call('ZSCORE', KEYS[10], group) or '0')
                     if last <= tag then
-                        redis.call('HDEL', KEYS[10], group)
+                        redis.call('ZREM', KEYS[10], group)
                     end
                 end
             end
@@ -207,23 +238,26 @@ while n < limit and examined < limit + 1000 do
             claimed[n] = id
         end
     end
+    if drained then
+        break
+    end
 end
 if n > 0 then
     redis.call('SET', KEYS[4], table.concat(claimed, ','), 'PX', ARGV[7])
 end
 if served > 0 then
-    if vtime == 0 then
-        vtime = tonumber(redis.call('HGET', KEYS[10], 'v') or '0')
-    end
-    if served > vtime then
-        redis.call('HSET', KEYS[10], 'v', string.format('%d', served))
-    end
+    redis.call('ZADD', KEYS[10], 'GT', string.format('%d', served), 'v')
 end
 if n < limit then
-    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    if first[2] then
-        -- A tag means due now.
-        out[1] = tonumber(first[2]) < 0 and now or first[2]
+    if not drained then
+        out[1] = now  -- due jobs may be left (the examined bound was reached)
+    elseif known_later then
+        out[1] = later or ''
+    else
+        local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+        if first[2] then
+            out[1] = tonumber(first[2]) < 0 and now or first[2]
+        end
     end
 end
 return out

@@ -23,9 +23,9 @@
 --          ARGV[6] is not '': its size is the owner's Queued + Scheduled count)
 -- KEYS[12] the status indexes' prefix "{prefix}:ix:s:" (the Queued and
 --          Scheduled indexes count the waiting jobs, for the queue limit)
--- KEYS[13] the fair-claims state {prefix}:fair (hash: 'v' -> the tag of the
---          latest claimed job, 'o:' .. owner -> the owner's latest tag; the
---          jobs without an owner are the group 'o:')
+-- KEYS[13] the fair-claims state {prefix}:fair (zset: 'v' scored by the tag
+--          of the latest claimed job, 'o:' .. owner by the owner's latest tag;
+--          the jobs without an owner are the group 'o:')
 --
 -- ARGV[1]  max_queue_size (integer; 0 = no limit)
 -- ARGV[2]  the due time on Redis's clock, epoch seconds (float string): the
@@ -108,9 +108,9 @@ if ARGV[11] == '1' then
     -- never behind the job claimed last. Tags score below every due time
     -- (tag - 1e12), so a tagged job is taken before any still scored by time.
     local group = 'o:' .. ARGV[6]
-    local known = redis.call('HMGET', KEYS[13], 'v', group)
+    local known = redis.call('ZMSCORE', KEYS[13], 'v', group)
     local tag = math.max(tonumber(known[1] or '0'), tonumber(known[2] or '0')) + 1
-    redis.call('HSET', KEYS[13], group, string.format('%d', tag))
+    redis.call('ZADD', KEYS[13], string.format('%d', tag), group)
     score = string.format('%d', tag - 1e12)
 end
 redis.call('ZADD', KEYS[2], score, ARGV[3])

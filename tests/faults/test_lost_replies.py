@@ -609,9 +609,9 @@ def test_a_worker_whose_claim_reply_was_lost_runs_the_job_once(
     # redis-py: a URL's client does not retry) sent it again under its request id.
     [dropped] = fault_proxy.dropped_commands
     assert claim(list(dropped))
-    request_key = dropped[6]  # KEYS[4]: {prefix}:req:<request id>
-    request_id = request_key.rpartition(b":")[2]
-    assert len([c for c in log.matching(claim) if c[6] == request_key]) >= 2
+    # EVALSHA sha 1 "{prefix}:" now limit lease_end request_id ...: ARGV[4]
+    request_id = dropped[7]
+    assert len([c for c in log.matching(claim) if c[7] == request_id]) >= 2
     assert final[b"lt"] == b"c" + request_id[:8]  # completed under its token
     assert any("claiming jobs failed" in r.getMessage() for r in caplog.records)
 

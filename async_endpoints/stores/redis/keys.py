@@ -68,6 +68,9 @@ class _Keys:
                 "without braces (it becomes the {prefix} Cluster hash tag)."
             )
         tag = "{" + prefix + "}"
+        self.base: Final = f"{tag}:"
+        """What every key name starts with: the hot-path scripts (submit, claim,
+        complete) get only this and name their keys from it."""
         self.ready: Final = f"{tag}:ready"
         self.claimed: Final = f"{tag}:claimed"
         self.wake: Final = f"{tag}:wake"

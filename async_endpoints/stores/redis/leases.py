@@ -84,21 +84,8 @@ class _Leases(_Clock):
             owner,
             _num(now),
             _lease_ms(lease),
-            self._keys.events,
         ]
-        keys = [
-            self._keys.ready,
-            self._keys.claimed,
-            self._keys.job_prefix,
-            self._keys.request(request_id),
-            self._keys.status_prefix,
-            self._keys.owner_waiting_prefix,
-            self._keys.rate_prefix,
-            self._keys.running,
-            self._keys.parked_prefix,
-            self._keys.fair,
-        ]
-        return keys, args
+        return [self._keys.base], args
 
     def _claimed(self, raw: _Reply, now: float, lease: float) -> list[Claim]:
         """A claim's reply: each job as it was, with the claim's changes applied

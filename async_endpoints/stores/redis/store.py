@@ -118,27 +118,11 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
         stored = dataclasses.replace(
             job, status=status, due_at=due, last_updated_at=now, version=1
         )
-        record = ttl_ms = ""
-        idem = self._keys.idem("")
+        record = ttl_ms = idem = ""
         if idempotency is not None:
-            idem = self._keys.idem(idempotency.key)
+            idem = idempotency.key
             record = f"{job.id}:{idempotency.fingerprint}"
             ttl_ms = str(max(1, math.ceil(idempotency.ttl * 1000)))
-        keys = [
-            self._keys.job(job.id),
-            self._keys.ready,
-            self._keys.wake,
-            idem,
-            self._keys.job_prefix,
-            self._keys.status_index(status.value),
-            self._keys.name_index(job.name),
-            self._keys.owner_index(job.owner or ""),
-            self._keys.owners,
-            self._keys.ticks,
-            self._keys.owner_waiting_prefix + (job.owner or ""),
-            self._keys.status_prefix,
-            self._keys.fair,
-        ]
         args = [
             str(max_queue_size),
             _num(self._server(due)),
@@ -151,7 +135,10 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             _num(tick[1]) if tick else "",
             str(max_per_owner),
             "1" if status is JobStatus.QUEUED else "",
+            idem,
+            job.name,
         ]
+        keys = [self._keys.base]
         reply = _list(self._call("submit", keys, args + _encode_job(stored)))
         code = _int(reply[0])
         if code == -1:
@@ -236,24 +223,9 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
     def _complete_call(
         self, claim: Claim, result: JSONValue, ttl: float, now: float
     ) -> tuple[list[str], list[str]]:
-        request_id = claim.token.rpartition(":")[0]
-        keys = [
-            self._keys.job(claim.job_id),
-            self._keys.claimed,
-            self._keys.request(request_id),
-            self._keys.callbacks,
-            self._keys.status_prefix,
-            self._keys.finished,
-            self._keys.running,
-            self._keys.parked_prefix,
-            self._keys.ready,
-            self._keys.wake,
-            self._keys.name_prefix,
-            self._keys.names,
-        ]
         encoded = "" if result is None else _dump(result)
         args = [str(claim.job_id), claim.token, _num(now), encoded, _ttl_seconds(ttl)]
-        return keys, [*args, self._keys.ended(claim.job_id), self._keys.events]
+        return [self._keys.base], args
 
     def complete_and_claim(
         self,

@@ -10,29 +10,33 @@
 -- keep their order. A job due at once is tagged by submit.lua; a job that
 -- falls due later (scheduled, retried, handed back, recovered, set aside by a
 -- rate limit) is tagged here, up to `limit` + 100 of them per call, by due
--- time. In KEYS[1] a tag scores tag - 1e12, below every due time.
+-- time. In K[1] a tag scores tag - 1e12, below every due time.
 --
--- KEYS[1]  the waiting-jobs zset   {prefix}:ready    (due ids removed)
--- KEYS[2]  the leases zset         {prefix}:claimed  (ids added, score = lease end)
--- KEYS[3]  the job key prefix      "{prefix}:job:"   the ids are learnt only
---          inside this step, so each job hash is KEYS[3] .. id (same hash tag,
+-- KEYS[1]  "{prefix}:", the hash tag and colon every key name starts with: the
+--          script names its keys from it (K below), so that a call carries
+--          no key names; they all share the tag, hence the Cluster slot.
+--
+-- K[1]  the waiting-jobs zset   {prefix}:ready    (due ids removed)
+-- K[2]  the leases zset         {prefix}:claimed  (ids added, score = lease end)
+-- K[3]  the job key prefix      "{prefix}:job:"   the ids are learnt only
+--          inside this step, so each job hash is K[3] .. id (same hash tag,
 --          so the same Cluster slot); each claimed hash becomes InProgress.
--- KEYS[4]  the request's record    {prefix}:req:<request id>  (string "id,id,..."
+-- K[4]  the request's record    {prefix}:req:<request id>  (string "id,id,..."
 --          of the jobs this request claimed, PX = ARGV[7]; read, then SET)
--- KEYS[5]  the status indexes' prefix "{prefix}:ix:s:" (a claimed id leaves
---          KEYS[5] .. its old status; running jobs are listed from KEYS[2])
--- KEYS[6]  the owners' waiting-jobs prefix "{prefix}:ow:" (a claimed job with
---          an owner, field o, leaves KEYS[6] .. owner)
--- KEYS[7]  the rate logs' prefix "{prefix}:rate:" (KEYS[7] .. name: a zset of the
+-- K[5]  the status indexes' prefix "{prefix}:ix:s:" (a claimed id leaves
+--          K[5] .. its old status; running jobs are listed from K[2])
+-- K[6]  the owners' waiting-jobs prefix "{prefix}:ow:" (a claimed job with
+--          an owner, field o, leaves K[6] .. owner)
+-- K[7]  the rate logs' prefix "{prefix}:rate:" (K[7] .. name: a zset of the
 --          claims of a rate-limited handler, field rl "N/W": at most N in any
---          W seconds; a job over it goes back to KEYS[1], due when the window
+--          W seconds; a job over it goes back to K[1], due when the window
 --          lets it start)
--- KEYS[8]  the running counts {prefix}:running (hash: name -> jobs running, for
+-- K[8]  the running counts {prefix}:running (hash: name -> jobs running, for
 --          handlers with a concurrency limit, field cc)
--- KEYS[9]  the parked jobs' prefix "{prefix}:parked:" (KEYS[9] .. name: a zset
+-- K[9]  the parked jobs' prefix "{prefix}:parked:" (K[9] .. name: a zset
 --          of the waiting jobs of a handler whose every slot was taken; the end
---          of one of its jobs moves one back to KEYS[1])
--- KEYS[10] the fair-claims state {prefix}:fair (zset: 'v' scored by the
+--          of one of its jobs moves one back to K[1])
+-- K[10] the fair-claims state {prefix}:fair (zset: 'v' scored by the
 --          highest claimed tag, raised with ZADD GT; 'o:' .. owner by the
 --          owner's latest tag, removed when that job is claimed)
 --
@@ -45,9 +49,9 @@
 -- ARGV[5]  the claiming worker's name
 -- ARGV[6]  now on the caller's clock (float string): the hash's times
 -- ARGV[7]  how long the request's record is kept, milliseconds (integer)
--- ARGV[8]  the events channel {prefix}:events: a claimed job that somebody
---          follows (field ev) is PUBLISHed there as JSON [id, its hash
---          HGETALL-style] (a channel, not a key)
+-- The events channel {prefix}:events (a channel, not a key): a claimed job that
+-- somebody follows (field ev) is PUBLISHed there as JSON [id, its hash
+-- HGETALL-style].
 --
 -- A request sent again (its reply was lost) claims nothing new: it answers with
 -- the jobs the first call claimed that are still held under its tokens, their
@@ -58,24 +62,27 @@
 -- request's: as it is now). next_due is the score (Redis's clock) of
 -- the earliest job still waiting when fewer than `limit` were claimed, else ''.
 -- Ids in the zset whose hash is gone (or no longer waiting) are dropped.
+local P = KEYS[1]
+local K = {P .. 'ready', P .. 'claimed', P .. 'job:', P .. 'req:' .. ARGV[4],
+    P .. 'ix:s:', P .. 'ow:', P .. 'rate:', P .. 'running', P .. 'parked:', P .. 'fair'}
 
 local out = {''}
-local done = redis.call('GET', KEYS[4])
+local done = redis.call('GET', K[4])
 if done then
     local n = 0
     for id in string.gmatch(done, '[^,]+') do
         n = n + 1
-        local key = KEYS[3] .. id
+        local key = K[3] .. id
         local token = ARGV[4] .. ':' .. n
         local held = redis.call('HMGET', key, 's', 't')
         if held[1] == 'InProgress' and held[2] == token then
-            redis.call('ZADD', KEYS[2], ARGV[3], id)
+            redis.call('ZADD', K[2], ARGV[3], id)
             out[#out + 1] = id
             out[#out + 1] = token
             out[#out + 1] = redis.call('HGETALL', key)
         end
     end
-    redis.call('PEXPIRE', KEYS[4], ARGV[7])
+    redis.call('PEXPIRE', K[4], ARGV[7])
     return out
 end
 
@@ -86,7 +93,7 @@ local OFFSET = 1e12
 -- same read finds the earliest job not yet due (`later`), the reply's next_due
 -- when nothing due is left.
 local window = limit + 100
-local timed = redis.call('ZRANGEBYSCORE', KEYS[1], 0, '+inf', 'WITHSCORES',
+local timed = redis.call('ZRANGEBYSCORE', K[1], 0, '+inf', 'WITHSCORES',
     'LIMIT', 0, window + 1)
 local later = nil
 local latest = {}
@@ -101,16 +108,16 @@ for i = 1, #timed, 2 do
         break
     end
     if not vtime then
-        vtime = tonumber(redis.call('ZSCORE', KEYS[10], 'v') or '0')
+        vtime = tonumber(redis.call('ZSCORE', K[10], 'v') or '0')
     end
-    local group = 'o:' .. (redis.call('HGET', KEYS[3] .. id, 'o') or '')
+    local group = 'o:' .. (redis.call('HGET', K[3] .. id, 'o') or '')
     local last = latest[group]
     if not last then
-        last = tonumber(redis.call('ZSCORE', KEYS[10], group) or '0')
+        last = tonumber(redis.call('ZSCORE', K[10], group) or '0')
     end
     local tag = math.max(vtime, last) + 1
     latest[group] = tag
-    redis.call('ZADD', KEYS[1], string.format('%d', tag - OFFSET), id)
+    redis.call('ZADD', K[1], string.format('%d', tag - OFFSET), id)
 end
 if vtime then
     local pairs_ = {}
@@ -118,7 +125,7 @@ if vtime then
         pairs_[#pairs_ + 1] = string.format('%d', tag)
         pairs_[#pairs_ + 1] = group
     end
-    redis.call('ZADD', KEYS[10], unpack(pairs_))
+    redis.call('ZADD', K[10], unpack(pairs_))
 end
 -- Whether `later` is the earliest job scored by time: not when the read was
 -- full of due jobs (then more may follow, read again at the end if needed).
@@ -128,10 +135,10 @@ local claimed = {}
 local served = 0  -- the highest tag claimed
 local n = 0
 local examined = 0  -- bounded: a burst of limited jobs is set aside over claims
-local drained = false  -- whether no due job is left in KEYS[1]
+local drained = false  -- whether no due job is left in K[1]
 while n < limit and examined < limit + 1000 do
     local want = limit - n
-    local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES',
+    local due = redis.call('ZRANGEBYSCORE', K[1], '-inf', now, 'WITHSCORES',
         'LIMIT', 0, want)
     if #due == 0 then
         drained = true
@@ -144,11 +151,11 @@ while n < limit and examined < limit + 1000 do
     for i = 1, #due, 2 do
         ids[#ids + 1] = due[i]
     end
-    redis.call('ZREM', KEYS[1], unpack(ids))
+    redis.call('ZREM', K[1], unpack(ids))
     for i, id in ipairs(ids) do
         local score = due[2 * i]
         examined = examined + 1
-        local key = KEYS[3] .. id
+        local key = K[3] .. id
         -- The hash as it was: the caller applies the claim's changes to it (status
         -- InProgress, started and updated now, no due time), saving a read.
         local fields = redis.call('HGETALL', key)
@@ -174,26 +181,26 @@ while n < limit and examined < limit + 1000 do
             end
         end
         if not status then  -- the job is gone: so are its waiting entries
-            redis.call('ZREM', KEYS[5] .. 'Queued', id)
-            redis.call('ZREM', KEYS[5] .. 'Scheduled', id)
+            redis.call('ZREM', K[5] .. 'Queued', id)
+            redis.call('ZREM', K[5] .. 'Scheduled', id)
         end
         local admitted = status == 'Queued' or status == 'Scheduled'
         if admitted and slots then
-            local running = tonumber(redis.call('HGET', KEYS[8], handler) or '0')
+            local running = tonumber(redis.call('HGET', K[8], handler) or '0')
             if running >= slots then
-                redis.call('ZADD', KEYS[9] .. handler, score, id)
+                redis.call('ZADD', K[9] .. handler, score, id)
                 admitted = false
             end
         end
         if admitted and rate then
             local cap, span = string.match(rate, '^(%d+)/([%d.]+)$')
             cap, span = tonumber(cap), tonumber(span)
-            local log = KEYS[7] .. handler
+            local log = K[7] .. handler
             redis.call('ZREMRANGEBYSCORE', log, '-inf', tonumber(now) - span)
             if redis.call('ZCARD', log) >= cap then
                 local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
                 local at = tonumber(oldest[2]) + span
-                redis.call('ZADD', KEYS[1], at, id)
+                redis.call('ZADD', K[1], at, id)
                 if later == nil or at < tonumber(later) then
                     later = string.format('%.17g', at)
                 end
@@ -204,7 +211,7 @@ while n < limit and examined < limit + 1000 do
             end
         end
         if admitted and slots then
-            redis.call('HINCRBY', KEYS[8], handler, 1)
+            redis.call('HINCRBY', K[8], handler, 1)
         end
         if admitted then
             n = n + 1
@@ -213,22 +220,22 @@ while n < limit and examined < limit + 1000 do
             redis.call('HSET', key, 's', 'InProgress', 'b', stamp, 'u', stamp,
                 't', token, 'w', ARGV[5], 'v', (tonumber(version) or 0) + 1)
             if watched then
-                redis.call('PUBLISH', ARGV[8],
+                redis.call('PUBLISH', P .. 'events',
                     cjson.encode({id, redis.call('HGETALL', key)}))
             end
-            redis.call('ZADD', KEYS[2], ARGV[3], id)
-            redis.call('ZREM', KEYS[5] .. status, id)
+            redis.call('ZADD', K[2], ARGV[3], id)
+            redis.call('ZREM', K[5] .. status, id)
             if owner then
-                redis.call('ZREM', KEYS[6] .. owner, id)
+                redis.call('ZREM', K[6] .. owner, id)
             end
             local tag = tonumber(score) + OFFSET
             if tag < OFFSET then
                 served = math.max(served, tag)
                 if owner then  -- the owner's latest tag, once taken, is not needed
                     local group = 'o:' .. owner
-                    local last = tonumber(redis.call('ZSCORE', KEYS[10], group) or '0')
+                    local last = tonumber(redis.call('ZSCORE', K[10], group) or '0')
                     if last <= tag then
-                        redis.call('ZREM', KEYS[10], group)
+                        redis.call('ZREM', K[10], group)
                     end
                 end
             end
@@ -243,10 +250,10 @@ while n < limit and examined < limit + 1000 do
     end
 end
 if n > 0 then
-    redis.call('SET', KEYS[4], table.concat(claimed, ','), 'PX', ARGV[7])
+    redis.call('SET', K[4], table.concat(claimed, ','), 'PX', ARGV[7])
 end
 if served > 0 then
-    redis.call('ZADD', KEYS[10], 'GT', string.format('%d', served), 'v')
+    redis.call('ZADD', K[10], 'GT', string.format('%d', served), 'v')
 end
 if n < limit then
     if not drained then
@@ -254,7 +261,7 @@ if n < limit then
     elseif known_later then
         out[1] = later or ''
     else
-        local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+        local first = redis.call('ZRANGE', K[1], 0, 0, 'WITHSCORES')
         if first[2] then
             out[1] = tonumber(first[2]) < 0 and now or first[2]
         end

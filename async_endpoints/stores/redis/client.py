@@ -3,11 +3,10 @@ script calls."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -67,6 +66,43 @@ class _BlockingConnection(Protocol):
     def can_read(self, timeout: float | None = 0) -> bool: ...
 
 
+class _Translated:
+    """The context manager of :meth:`_Connection._translate_errors` (a plain
+    class: a generator-based one costs a few microseconds per call)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: _Connection) -> None:
+        self._store = store
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None:
+            return
+        if isinstance(
+            exc,
+            (
+                redis.ConnectionError,
+                redis.TimeoutError,
+                # A Cluster down, resharding, or no node of which can be reached.
+                redis.exceptions.ClusterDownError,
+                redis.exceptions.TryAgainError,
+                redis.exceptions.RedisClusterException,
+                # A master demoted to replica by a failover (READONLY).
+                redis.exceptions.ReadOnlyError,
+            ),
+        ):
+            raise self._store._unavailable(exc) from exc
+        if isinstance(exc, redis.RedisError):
+            if str(exc).startswith("NOREPLICAS"):  # min-replicas-to-write unmet
+                raise self._store._unavailable(exc) from exc
+            raise StoreError(f"Redis at {self._store._target} failed: {exc}") from exc
+
+
 class _Connection:
     """A Redis client bound to one key prefix, with the scripts registered."""
 
@@ -92,6 +128,7 @@ class _Connection:
         self._blocked: set[_BlockingConnection] = set()
         self._cancel_lock = threading.Lock()
         self._cancel_pubsub: Any = None
+        self._translated = _Translated(self)
         # The cancel listener's health check: when its next PING is due, and
         # the deadline of the pong it waits for (None: none outstanding).
         self._cancel_ping_at = 0.0
@@ -201,26 +238,10 @@ class _Connection:
             self._closers.append(client.close)
             return client
 
-    @contextlib.contextmanager
-    def _translate_errors(self) -> Iterator[None]:
-        """Turn redis-py's infrastructure errors into the library's store errors."""
-        try:
-            yield
-        except (
-            redis.ConnectionError,
-            redis.TimeoutError,
-            # A Cluster that is down, resharding, or that no node of can be reached.
-            redis.exceptions.ClusterDownError,
-            redis.exceptions.TryAgainError,
-            redis.exceptions.RedisClusterException,
-            # A master demoted to replica by a failover (READONLY).
-            redis.exceptions.ReadOnlyError,
-        ) as exc:
-            raise self._unavailable(exc) from exc
-        except redis.RedisError as exc:
-            if str(exc).startswith("NOREPLICAS"):  # min-replicas-to-write unmet
-                raise self._unavailable(exc) from exc
-            raise StoreError(f"Redis at {self._target} failed: {exc}") from exc
+    def _translate_errors(self) -> _Translated:
+        """Turn redis-py's infrastructure errors into the library's store errors
+        (a context manager: one per store, reused by every call)."""
+        return self._translated
 
     def _unavailable(self, exc: Exception) -> StoreUnavailableError:
         return StoreUnavailableError(

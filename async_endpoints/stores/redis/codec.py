@@ -96,7 +96,11 @@ def _plain(value: object) -> _Reply:
     if isinstance(value, str | int) or value is None:
         return value
     if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
+        # Most items are bytes (hash fields): decoded here, without a call each.
+        return [
+            item.decode("utf-8") if type(item) is bytes else _plain(item)
+            for item in value
+        ]
     raise StoreError(f"Unexpected reply from Redis: {value!r}")
 
 
@@ -129,8 +133,10 @@ def _decode_job(job_id: str, flat: _Reply, claimed_at: float | None = None) -> J
         waiting job is decoded as that claim left it (InProgress, started and
         updated then, no due time).
     """
-    items = _list(flat)
-    f = {_str(items[i]): _str(items[i + 1]) for i in range(0, len(items), 2)}
+    items = iter(_list(flat))
+    # Field names and values are strings; anything else fails below as a
+    # TypeError or KeyError (a record that cannot be read).
+    f: dict[str, str] = dict(zip(items, items, strict=True))  # type: ignore[arg-type]
     error = progress = None
     if "x" in f:
         kind, message, stack_trace = json.loads(f["x"])

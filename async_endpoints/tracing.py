@@ -17,6 +17,7 @@ from typing import Any
 from async_endpoints.jobs import Job
 
 _HEADERS = ("traceparent", "tracestate")
+_NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
 
 
 @functools.cache
@@ -50,11 +51,15 @@ def attempt_span(job: Job) -> AbstractContextManager[Any]:
     """The span one attempt of ``job`` runs in (``async_endpoints.run <name>``),
     a child of the stored context; a no-op without OpenTelemetry."""
     if not enabled():
-        return contextlib.nullcontext()
+        return _NO_SPAN
     from opentelemetry import propagate, trace
 
-    parent = propagate.extract(job.trace) if job.trace else None
     tracer = trace.get_tracer("async_endpoints")
+    if not job.trace and isinstance(tracer, trace.ProxyTracer):
+        # The API without a configured SDK, and no context to carry on: the
+        # span would record nothing and set no context (a few µs per job saved).
+        return _NO_SPAN
+    parent = propagate.extract(job.trace) if job.trace else None
     return tracer.start_as_current_span(
         f"async_endpoints.run {job.name}",
         context=parent,

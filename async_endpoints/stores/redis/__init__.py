@@ -32,9 +32,11 @@ so every key of one prefix lives in one slot)::
                                  again answers with them
     {P}:workers          hash    live worker name -> last heartbeat
 
-and two kinds of Pub/Sub channels (not keys): ``{P}:ended:<uuid>``, told when
-the job ends (long polls), and ``{P}:cancels``, told the id of a running job
-whose cancellation was requested (every worker process listens).
+and three kinds of Pub/Sub channels (not keys): ``{P}:ended:<uuid>``, told when
+the job ends while somebody waits for that (long polls), ``{P}:cancels``, told
+the id of a running job whose cancellation was requested (every worker process
+listens), and ``{P}:events``, told each change of a job somebody follows (event
+streams).
 
 Key names are built in Python by ``_Keys`` and passed in ``KEYS``, except the
 names a script learns only inside its atomic step (a job id, a job's status,

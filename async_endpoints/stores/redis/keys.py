@@ -90,7 +90,7 @@ class _Keys:
         self.running: Final = f"{tag}:running"
         self.parked_prefix: Final = f"{tag}:parked:"
         self.fair: Final = f"{tag}:fair"
-        """Fair claims: the latest claimed tag and each owner's latest (hash)."""
+        """Fair claims: the latest claimed tag and each owner's latest (zset)."""
         self.finished: Final = f"{tag}:ix:finished"
         """Jobs that ended, per minute (hash: epoch minute -> count)."""
         self.name_prefix: Final = f"{tag}:ix:n:"

@@ -607,6 +607,36 @@ def test_the_sweeper_brings_the_older_index_layout_to_this_one(
 
 
 @pytest.mark.redis
+def test_the_fair_claims_hash_of_the_layout_before_becomes_a_sorted_set(
+    real_client: redis.Redis, real_store: RedisStore
+) -> None:
+    """{P}:fair was a hash ('v' and 'o:<owner>' -> tag): the first script that
+    meets it turns it into the sorted set with the same turns, instead of every
+    submit and claim failing with WRONGTYPE."""
+    older = "{only}:fair"
+    real_client.hset(older, mapping={"v": "5", "o:alice": "9"})
+    bob = submit(real_store, owner="bob")  # one past the claims' turn: tag 6
+    alice = submit(real_store, owner="alice")  # one past her own last: tag 10
+    assert real_client.type(older) == b"zset"
+    assert real_client.zscore(older, "o:bob") == 6
+    assert real_client.zscore(older, "o:alice") == 10
+    # The claim script converts it too, when it meets the hash first.
+    real_client.delete(older)
+    real_client.hset(older, mapping={"v": "5", "o:bob": "6", "o:alice": "10"})
+    claims = real_store.claim("w", limit=2, lease=LEASE, now=NOW)
+    assert [c.job_id for c in claims] == [bob, alice]
+    assert real_client.type(older) == b"zset"
+    assert real_client.zscore(older, "v") == 10
+    # And the cancel script (an owner that cancels its last waiting job).
+    carol = submit(real_store, owner="carol")
+    real_client.delete(older)
+    real_client.hset(older, mapping={"v": "10", "o:carol": "11"})
+    real_store.cancel(carol, ttl=TTL, now=NOW)
+    assert real_client.type(older) == b"zset"
+    assert real_client.zscore(older, "o:carol") is None
+
+
+@pytest.mark.redis
 def test_a_merged_page_reads_only_the_hashes_of_its_jobs(
     real_client: redis.Redis, real_store: RedisStore
 ) -> None:

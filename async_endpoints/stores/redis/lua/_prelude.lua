@@ -43,3 +43,22 @@ local function relet(out, key, id, token, worker, leases, lease_end)
     out[#out + 1] = redis.call('HGETALL', key)
 end
 
+-- A command on the fair-claims sorted set (its key is the command's first
+-- argument). A hash of the layout before (the same members, tags as values)
+-- fails with WRONGTYPE: it is turned into the sorted set once, then the command
+-- runs again. redis.pcall costs no more than redis.call when nothing fails.
+local function fair(...)
+    local reply = redis.pcall(...)
+    if type(reply) == 'table' and reply.err then
+        local key = select(2, ...)
+        if redis.call('TYPE', key)['ok'] == 'hash' then
+            local flat = redis.call('HGETALL', key)
+            redis.call('DEL', key)
+            for i = 1, #flat, 2 do
+                redis.call('ZADD', key, flat[i + 1], flat[i])
+            end
+        end
+        reply = redis.call(...)  -- any other error is raised here
+    end
+    return reply
+end

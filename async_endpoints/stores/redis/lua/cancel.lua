@@ -71,7 +71,7 @@ elseif status ~= 'Canceled' then
     if held[6] then
         redis.call('ZREM', KEYS[6] .. held[6], ARGV[1])
         if redis.call('EXISTS', KEYS[6] .. held[6]) == 0 then
-            redis.call('ZREM', KEYS[12], 'o:' .. held[6])
+            fair('ZREM', KEYS[12], 'o:' .. held[6])
         end
     end
     if held[7] then

@@ -108,12 +108,12 @@ for i = 1, #timed, 2 do
         break
     end
     if not vtime then
-        vtime = tonumber(redis.call('ZSCORE', K[10], 'v') or '0')
+        vtime = tonumber(fair('ZSCORE', K[10], 'v') or '0')
     end
     local group = 'o:' .. (redis.call('HGET', K[3] .. id, 'o') or '')
     local last = latest[group]
     if not last then
-        last = tonumber(redis.call('ZSCORE', K[10], group) or '0')
+        last = tonumber(fair('ZSCORE', K[10], group) or '0')
     end
     local tag = math.max(vtime, last) + 1
     latest[group] = tag
@@ -125,7 +125,7 @@ if vtime then
         pairs_[#pairs_ + 1] = string.format('%d', tag)
         pairs_[#pairs_ + 1] = group
     end
-    redis.call('ZADD', K[10], unpack(pairs_))
+    fair('ZADD', K[10], unpack(pairs_))
 end
 -- Whether `later` is the earliest job scored by time: not when the read was
 -- full of due jobs (then more may follow, read again at the end if needed).
@@ -233,9 +233,9 @@ while n < limit and examined < limit + 1000 do
                 served = math.max(served, tag)
                 if owner then  -- the owner's latest tag, once taken, is not needed
                     local group = 'o:' .. owner
-                    local last = tonumber(redis.call('ZSCORE', K[10], group) or '0')
+                    local last = tonumber(fair('ZSCORE', K[10], group) or '0')
                     if last <= tag then
-                        redis.call('ZREM', K[10], group)
+                        fair('ZREM', K[10], group)
                     end
                 end
             end
@@ -253,7 +253,7 @@ if n > 0 then
     redis.call('SET', K[4], table.concat(claimed, ','), 'PX', ARGV[7])
 end
 if served > 0 then
-    redis.call('ZADD', K[10], 'GT', string.format('%d', served), 'v')
+    fair('ZADD', K[10], 'GT', string.format('%d', served), 'v')
 end
 if n < limit then
     if not drained then

@@ -121,9 +121,9 @@ if ARGV[11] == '1' then
     -- never behind the job claimed last. Tags score below every due time
     -- (tag - 1e12), so a tagged job is taken before any still scored by time.
     local group = 'o:' .. ARGV[6]
-    local known = redis.call('ZMSCORE', K[13], 'v', group)
+    local known = fair('ZMSCORE', K[13], 'v', group)
     local tag = math.max(tonumber(known[1] or '0'), tonumber(known[2] or '0')) + 1
-    redis.call('ZADD', K[13], string.format('%d', tag), group)
+    fair('ZADD', K[13], string.format('%d', tag), group)
     score = string.format('%d', tag - 1e12)
 end
 redis.call('ZADD', K[2], score, ARGV[3])

@@ -174,8 +174,9 @@ class EventsHub:
             self._listen(ready, stopped)
 
     def _listen(self, ready: threading.Event, stopped: threading.Event) -> None:
-        # The first subscription wakes nobody: every follower waits for it in
-        # follow() and reads its job after it.
+        # The first answer of this thread wakes nobody: every follower waits for
+        # it in follow() and reads its job after it. (The store's subscription
+        # may be older than the thread: then a later resubscription wakes all.)
         subscribed = False
         while not stopped.is_set():
             try:
@@ -193,11 +194,11 @@ class EventsHub:
                 stopped.wait(_OUTAGE_PAUSE)
                 continue
             ready.set()  # the store answered: announcements reach us
+            first, subscribed = not subscribed, True
             if changed is None:  # subscribed anew: anything may have changed
-                if subscribed:
+                if not first:
                     for follower in self._all():
                         follower.wake()
-                subscribed = True
                 continue
             with self._lock:
                 news = [

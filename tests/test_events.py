@@ -9,12 +9,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from freezegun import freeze_time
 
 from async_endpoints import AsyncContext, AsyncEndpoints
+from async_endpoints.events import EventsHub
+from async_endpoints.stores.redis import RedisStore
+from tests.conftest import RedisServer
 from tests.sse import next_event
+from tests.stores.conftest import make_job
 from tests.test_http import assert_problem
 
 
@@ -401,3 +406,34 @@ def test_two_apps_on_one_store_share_one_hub() -> None:
         with app.app_context():
             hubs.append(ext._state().events)
     assert hubs[0] is hubs[1]
+
+
+@pytest.mark.redis
+def test_a_hub_started_again_wakes_its_streams_after_a_resubscription(
+    redis_server: RedisServer,
+) -> None:
+    """A hub closed and started again (one of two apps that share a store shut
+    down) finds the store's subscription still open: its first answer is not a
+    new subscription. When that subscription drops later, changes made while
+    it is down are announced to nobody, so the resubscription must wake every
+    stream to read its job again."""
+    client = redis.Redis.from_url(redis_server.url)
+    store = RedisStore.from_url(redis_server.url, prefix=f"hub{uuid.uuid4().hex[:6]}")
+    hub = EventsHub(store)
+    try:
+        job = make_job()
+        store.submit(job, max_queue_size=0, now=time.time())
+        hub.follow(job.id).close()
+        hub.close()
+        follower = hub.follow(job.id)  # a new thread, the same subscription
+        store.watch(job.id, now=time.time())
+        assert client.client_kill_filter(_type="pubsub") >= 1
+        assert follower.wait(5.0) == [None]  # the outage: read the job again
+        # While the hub waits to subscribe again, the job runs and ends.
+        [claim] = store.claim("w", limit=1, lease=30, now=time.time())
+        store.complete(claim, None, ttl=60, now=time.time())
+        assert follower.wait(5.0) == [None]  # subscribed again: read it again
+    finally:
+        hub.close()
+        store.close()
+        client.close()

@@ -11,6 +11,7 @@ Every server is started by a fixture and stopped by its pid, on failure too.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -625,3 +626,51 @@ def test_workers_carry_on_through_a_sentinel_failover() -> None:
         and job.completed_at > stopped_at
         for job in ended
     )
+
+
+def test_while_a_prefix_slot_moves_no_transition_runs_on_the_importing_node(
+    cluster: Cluster,
+) -> None:
+    """The operator has marked the prefix's slot MIGRATING (source) and
+    IMPORTING (target) and moved no key yet. A submit, claim or completion must
+    then run on the source, where the data is, or not at all (Redis answers
+    TRYAGAIN by the keys the script declares): never on the target, where it
+    would see no jobs and leave keys that make the slot's move fail."""
+    prefix = f"m{uuid.uuid4().hex[:8]}"
+    store = open_store(cluster.url, prefix=prefix)
+    assert isinstance(store, RedisStore)
+    nodes = {n.port: redis.Redis(host=LOOPBACK, port=n.port) for n in cluster.nodes}
+    try:
+        first = make_job(name="Double")
+        store.submit(first, max_queue_size=0, now=time.time())
+        slot = redis.cluster.key_slot(("{" + prefix + "}").encode())
+        [source] = [p for p, c in nodes.items() if c.cluster("countkeysinslot", slot)]
+        target = next(p for p in nodes if p != source)
+        ids = {p: nodes[p].cluster("myid") for p in (source, target)}
+        nodes[target].cluster("setslot", slot, "importing", ids[source])
+        nodes[source].cluster("setslot", slot, "migrating", ids[target])
+        try:
+            accepted: list[uuid.UUID] = []
+            second = make_job(name="Double")
+            # Refused (TRYAGAIN) is a 503: the client may send it again.
+            with contextlib.suppress(StoreUnavailableError):
+                accepted.append(
+                    store.submit(second, max_queue_size=0, now=time.time()).id
+                )
+            claims = []
+            with contextlib.suppress(StoreUnavailableError):
+                claims = store.claim("w", limit=5, lease=30, now=time.time())
+            for claim in claims:
+                with contextlib.suppress(StoreUnavailableError):
+                    store.complete(claim, None, ttl=60, now=time.time())
+            assert nodes[target].cluster("getkeysinslot", slot, 10) == []
+        finally:
+            for port in (source, target):
+                nodes[port].cluster("setslot", slot, "stable")
+        # The slot is back where it was: every accepted job is there.
+        for job_id in [first.id, *accepted]:
+            assert store.get(job_id, now=time.time()) is not None
+    finally:
+        store.close()
+        for client in nodes.values():
+            client.close()

@@ -44,8 +44,9 @@ handler or owner): for those it receives the tagged prefix (``{P}:job:``,
 ``{P}:ix:s:``, ``{P}:ix:n:``...) as a key and appends to it. The three scripts
 every job runs (submit, claim, complete) get only ``{P}:`` and name all their
 keys from it, the same names as ``_Keys``: each argument costs the client time
-to encode, and these run thousands of times a second. Every key shares the hash
-tag, hence the slot. No script calls ``KEYS`` or ``SCAN``.
+to encode, and these run thousands of times a second. (On a Cluster they also
+get the names, which Redis needs to route them right while a slot moves.) Every
+key shares the hash tag, hence the slot. No script calls ``KEYS`` or ``SCAN``.
 
 Job hash fields are short, and a field is absent when its value is ``None`` (or an
 empty mapping), to keep a finished job small (a few hundred bytes, listpack)::

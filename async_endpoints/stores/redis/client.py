@@ -92,6 +92,8 @@ class _Translated:
                 redis.exceptions.ClusterDownError,
                 redis.exceptions.TryAgainError,
                 redis.exceptions.RedisClusterException,
+                # Redirections and TRYAGAIN past their count (a slot being moved).
+                redis.exceptions.ClusterError,
                 # A master demoted to replica by a failover (READONLY).
                 redis.exceptions.ReadOnlyError,
             ),
@@ -237,6 +239,16 @@ class _Connection:
                 client = self._bind(self._connect())
             self._closers.append(client.close)
             return client
+
+    def _declared(self, *keys: str) -> list[str]:
+        """The ``KEYS`` of a script that names its keys from ``{P}:`` (its
+        ``KEYS[1]``). On a Cluster, also ``keys``, the ones it touches: while the
+        prefix's slot moves, Redis answers ASK or TRYAGAIN by the declared keys,
+        and ``{P}:`` alone (never a key) would send the script to the importing
+        node, to run there without the data."""
+        if isinstance(self._redis(), redis.cluster.RedisCluster):
+            return [self._keys.base, *keys]
+        return [self._keys.base]
 
     def _translate_errors(self) -> _Translated:
         """Turn redis-py's infrastructure errors into the library's store errors

@@ -85,7 +85,19 @@ class _Leases(_Clock):
             _num(now),
             _lease_ms(lease),
         ]
-        return [self._keys.base], args
+        keys = self._declared(
+            self._keys.ready,
+            self._keys.claimed,
+            self._keys.job_prefix,
+            self._keys.request(request_id),
+            self._keys.status_prefix,
+            self._keys.owner_waiting_prefix,
+            self._keys.rate_prefix,
+            self._keys.running,
+            self._keys.parked_prefix,
+            self._keys.fair,
+        )
+        return keys, args
 
     def _claimed(self, raw: _Reply, now: float, lease: float) -> list[Claim]:
         """A claim's reply: each job as it was, with the claim's changes applied

@@ -138,7 +138,21 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
             idem,
             job.name,
         ]
-        keys = [self._keys.base]
+        keys = self._declared(
+            self._keys.job(job.id),
+            self._keys.ready,
+            self._keys.wake,
+            self._keys.idem(idem),
+            self._keys.job_prefix,
+            self._keys.status_index(status.value),
+            self._keys.name_index(job.name),
+            self._keys.owner_index(job.owner or ""),
+            self._keys.owners,
+            self._keys.ticks,
+            self._keys.owner_waiting_prefix + (job.owner or ""),
+            self._keys.status_prefix,
+            self._keys.fair,
+        )
         reply = _list(self._call("submit", keys, args + _encode_job(stored)))
         code = _int(reply[0])
         if code == -1:
@@ -225,7 +239,21 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
     ) -> tuple[list[str], list[str]]:
         encoded = "" if result is None else _dump(result)
         args = [str(claim.job_id), claim.token, _num(now), encoded, _ttl_seconds(ttl)]
-        return [self._keys.base], args
+        keys = self._declared(
+            self._keys.job(claim.job_id),
+            self._keys.claimed,
+            self._keys.request(claim.token.rpartition(":")[0]),
+            self._keys.callbacks,
+            self._keys.status_prefix,
+            self._keys.finished,
+            self._keys.running,
+            self._keys.parked_prefix,
+            self._keys.ready,
+            self._keys.wake,
+            self._keys.name_prefix,
+            self._keys.names,
+        )
+        return keys, args
 
     def complete_and_claim(
         self,

@@ -2,7 +2,9 @@
 --
 -- KEYS[1]  "{prefix}:", the hash tag and colon every key name starts with: the
 --          script names its keys from it (K below), so that a call carries
---          no key names; they all share the tag, hence the Cluster slot.
+--          no key names; they all share the tag, hence the Cluster slot. On a
+--          Cluster, KEYS[2..] repeat the names of K, unused here: Redis decides
+--          by the declared keys whether a moving slot answers ASK or TRYAGAIN.
 --
 -- K[1]  the job's hash        {prefix}:job:<id>  (finished, then EXPIREd)
 -- K[2]  the leases zset       {prefix}:claimed   (id removed; a job held is

@@ -637,6 +637,22 @@ def test_the_fair_claims_hash_of_the_layout_before_becomes_a_sorted_set(
 
 
 @pytest.mark.redis
+def test_a_claim_of_every_due_job_takes_thousands(
+    real_client: redis.Redis, real_store: RedisStore
+) -> None:
+    """``run_due_jobs`` claims with no real limit: thousands of due jobs, and
+    thousands of owners whose scheduled jobs fall due at once, are taken in one
+    call (Lua unpacks at most about 8,000 values at a time)."""
+    for n in range(4100):  # due later: tagged by the claim, one owner each
+        submit(real_store, owner=f"o{n}", due_at=NOW + 5)
+    for _ in range(4500):
+        submit(real_store)
+    claims = real_store.claim("w", limit=1 << 30, lease=LEASE, now=NOW + 10)
+    assert len(claims) == 8600
+    assert real_client.zcard("{only}:ready") == 0
+
+
+@pytest.mark.redis
 def test_a_merged_page_reads_only_the_hashes_of_its_jobs(
     real_client: redis.Redis, real_store: RedisStore
 ) -> None:

@@ -134,8 +134,8 @@ def _decode_job(job_id: str, flat: _Reply, claimed_at: float | None = None) -> J
         updated then, no due time).
     """
     items = iter(_list(flat))
-    # Field names and values are strings; anything else fails below as a
-    # TypeError or KeyError (a record that cannot be read).
+    # HGETALL gives strings only; an odd count fails here (ValueError), missing
+    # fields below (KeyError): a record that cannot be read.
     f: dict[str, str] = dict(zip(items, items, strict=True))  # type: ignore[arg-type]
     error = progress = None
     if "x" in f:

@@ -14,7 +14,9 @@
 --
 -- KEYS[1]  "{prefix}:", the hash tag and colon every key name starts with: the
 --          script names its keys from it (K below), so that a call carries
---          no key names; they all share the tag, hence the Cluster slot.
+--          no key names; they all share the tag, hence the Cluster slot. On a
+--          Cluster, KEYS[2..] repeat the names of K, unused here: Redis decides
+--          by the declared keys whether a moving slot answers ASK or TRYAGAIN.
 --
 -- K[1]  the waiting-jobs zset   {prefix}:ready    (due ids removed)
 -- K[2]  the leases zset         {prefix}:claimed  (ids added, score = lease end)
@@ -120,12 +122,19 @@ for i = 1, #timed, 2 do
     redis.call('ZADD', K[1], string.format('%d', tag - OFFSET), id)
 end
 if vtime then
-    local pairs_ = {}
+    -- The groups' new turns, 500 to a ZADD (unpack has a stack limit).
+    local batch = {}
     for group, tag in pairs(latest) do
-        pairs_[#pairs_ + 1] = string.format('%d', tag)
-        pairs_[#pairs_ + 1] = group
+        batch[#batch + 1] = string.format('%d', tag)
+        batch[#batch + 1] = group
+        if #batch == 1000 then
+            fair('ZADD', K[10], unpack(batch))
+            batch = {}
+        end
     end
-    fair('ZADD', K[10], unpack(pairs_))
+    if #batch > 0 then
+        fair('ZADD', K[10], unpack(batch))
+    end
 end
 -- Whether `later` is the earliest job scored by time: not when the read was
 -- full of due jobs (then more may follow, read again at the end if needed).
@@ -137,7 +146,8 @@ local n = 0
 local examined = 0  -- bounded: a burst of limited jobs is set aside over claims
 local drained = false  -- whether no due job is left in K[1]
 while n < limit and examined < limit + 1000 do
-    local want = limit - n
+    -- At most 1,000 a read: ZREM takes them unpacked (Lua's stack is limited).
+    local want = math.min(limit - n, 1000)
     local due = redis.call('ZRANGEBYSCORE', K[1], '-inf', now, 'WITHSCORES',
         'LIMIT', 0, want)
     if #due == 0 then

@@ -219,16 +219,23 @@ def idle_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, list[floa
         yield clock, waits
 
 
+def stream_of_a_waiting_job(client: FlaskClient) -> tuple[Stream, float]:
+    """The stream of a new job that nothing runs, past its first event, and the
+    (frozen) monotonic time at which it was opened."""
+    job_id = submit(client)
+    opened = time.monotonic()
+    stream = Stream(client, f"/jobs/{job_id}/events")
+    assert stream.next_event() is not None
+    return stream, opened
+
+
 @pytest.mark.parametrize("store_kind", ["memory"])  # the clock is the view's
 @pytest.mark.usefixtures("echo")
 def test_an_idle_stream_sends_a_keep_alive_every_15_seconds(
     client: FlaskClient, idle_clock: tuple[Any, list[float]]
 ) -> None:
     _, waits = idle_clock
-    job_id = submit(client)
-    opened = time.monotonic()
-    stream = Stream(client, f"/jobs/{job_id}/events")
-    assert stream.next_event() is not None
+    stream, opened = stream_of_a_waiting_job(client)
     for n in range(1, 5):
         assert stream.next_block() == ": keep-alive"
         assert time.monotonic() - opened == 15 * n
@@ -242,10 +249,7 @@ def test_a_stream_closes_after_300_seconds_by_default(
     client: FlaskClient, idle_clock: tuple[Any, list[float]]
 ) -> None:
     _, waits = idle_clock
-    job_id = submit(client)
-    opened = time.monotonic()
-    stream = Stream(client, f"/jobs/{job_id}/events")
-    assert stream.next_event() is not None
+    stream, opened = stream_of_a_waiting_job(client)
     blocks = []
     while (block := stream.next_block()) is not None:
         blocks.append(block)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def worker_env(redis_url: str, **settings: str) -> dict[str, str]:
+    """This process's environment for a worker of the integration app on
+    ``redis_url``, with ``settings`` (``AE_TEST_*`` and ``ASYNC_ENDPOINTS_*``)."""
+    return {**os.environ, "AE_TEST_REDIS_URL": redis_url, **settings}
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -4,7 +4,6 @@ claims that are fair between owners."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import redis
 from flask import Flask
 
 from async_endpoints import AsyncContext, AsyncEndpoints, JobStatus
-from tests.integration.processes import start_worker, stop_workers
+from tests.integration.processes import start_worker, stop_workers, worker_env
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -50,9 +49,8 @@ def all_done(app: Flask, ae: AsyncEndpoints, ids: list[object]) -> bool:
 
 
 def test_limits_hold_across_processes(redis_url: str, tmp_path: Path) -> None:
-    env = dict(os.environ)
-    env.update(
-        AE_TEST_REDIS_URL=redis_url,
+    env = worker_env(
+        redis_url,
         AE_TEST_CONCURRENCY="2",
         AE_TEST_RATE="5/second",
         ASYNC_ENDPOINTS_MAX_CONCURRENCY="4",
@@ -91,9 +89,8 @@ def test_claims_are_fair_between_owners_across_processes(
 ) -> None:
     """alice's backlog of 300 jobs is running on 2 processes x 4 threads when bob
     submits 3: bob's start within the next few claims, not after alice's."""
-    env = dict(os.environ)
-    env.update(
-        AE_TEST_REDIS_URL=redis_url,
+    env = worker_env(
+        redis_url,
         AE_TEST_JOB_SECONDS="0.01",
         ASYNC_ENDPOINTS_MAX_CONCURRENCY="4",
         ASYNC_ENDPOINTS_MAX_QUEUE_SIZE="0",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import redis
 from flask import Flask
 
 from async_endpoints import AsyncEndpoints, JobStatus
-from tests.integration.processes import start_worker
+from tests.integration.processes import start_worker, worker_env
 
 JOBS = 3000
 PROCESSES = 3
@@ -24,9 +23,8 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 def test_processes_drain_a_shared_queue_exactly_once(
     redis_url: str, tmp_path: Path
 ) -> None:
-    env = dict(os.environ)
-    env.update(
-        AE_TEST_REDIS_URL=redis_url,
+    env = worker_env(
+        redis_url,
         ASYNC_ENDPOINTS_MAX_CONCURRENCY="4",
         ASYNC_ENDPOINTS_SHUTDOWN_GRACE_SECONDS="5",
     )
@@ -93,9 +91,8 @@ def test_cli_worker_hands_jobs_back_on_sigterm(
 ) -> None:
     """One SIGTERM waits out the grace period, a second cuts it short; either
     way the running jobs are handed back at once, without counting an attempt."""
-    env = dict(os.environ)
-    env.update(
-        AE_TEST_REDIS_URL=redis_url,
+    env = worker_env(
+        redis_url,
         AE_TEST_JOB_SECONDS="30",
         PYTHONUNBUFFERED="1",  # the worker's messages reach the log at once
         ASYNC_ENDPOINTS_MAX_CONCURRENCY="2",

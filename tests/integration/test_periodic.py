@@ -3,7 +3,6 @@ no scheduler process, and a killed process loses no tick."""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.processes import start_worker, stop_workers
+from tests.integration.processes import start_worker, stop_workers, worker_env
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -23,9 +22,8 @@ def tick_jobs(client: redis.Redis) -> dict[str, int]:
 def test_three_processes_make_one_job_per_tick_and_survive_a_kill(
     redis_url: str, tmp_path: Path
 ) -> None:
-    env = dict(os.environ)
-    env.update(
-        AE_TEST_REDIS_URL=redis_url,
+    env = worker_env(
+        redis_url,
         AE_TEST_PERIODIC_SECONDS="1",
         ASYNC_ENDPOINTS_MAX_CONCURRENCY="2",
         ASYNC_ENDPOINTS_SHUTDOWN_GRACE_SECONDS="2",

@@ -653,6 +653,27 @@ def test_a_claim_of_every_due_job_takes_thousands(
 
 
 @pytest.mark.redis
+def test_the_sweeper_forgets_owners_and_handlers_whose_jobs_are_gone(
+    real_client: redis.Redis, real_store: RedisStore
+) -> None:
+    """An owner's index key and a handler's name (of a handler this process does
+    not serve) leave their sets once none of their jobs is left; the others
+    stay."""
+    now = time.time()
+    kept = make_job(name="Echo", owner="kept", now=now)
+    gone = make_job(name="Old", owner="gone", now=now)
+    for job in (kept, gone):
+        real_store.submit(job, max_queue_size=0, now=now)
+    for claim in real_store.claim("w", limit=2, lease=LEASE, now=now):
+        real_store.complete(claim, None, ttl=TTL, now=now)
+    assert real_client.scard("{only}:ix:owners") == 2
+    real_client.delete(f"{{only}}:job:{gone.id}")  # as if it had expired
+    real_store.prune_indexes(["Echo"], now=now)
+    assert real_client.smembers("{only}:ix:owners") == {b"{only}:ix:o:kept"}
+    assert real_client.smembers("{only}:ix:names") == {b"Echo"}
+
+
+@pytest.mark.redis
 def test_a_merged_page_reads_only_the_hashes_of_its_jobs(
     real_client: redis.Redis, real_store: RedisStore
 ) -> None:

@@ -322,21 +322,32 @@ class _Queries(_Clock):
             dropped += gone
             if gone == 0:
                 break
+        # An owner with no job left is forgotten; so is a handler no longer
+        # served whose jobs are all gone (a job that ends adds its name again).
+        # One round trip asks about them all.
+        unserved = sorted(set(known) - set(names))
+        ended = [s for s in JobStatus if s.is_finished]
         with self._translate_errors():
-            for key in owner_keys:  # an owner with no job left is forgotten
-                if not client.exists(key):
-                    client.srem(self._keys.owners, key)
-            # So is a handler no longer served whose jobs are all gone (a job
-            # that ends adds its name again).
-            for name in set(known) - set(names):
-                keys = [self._keys.name_index(name)]
-                keys += [
-                    self._keys.status_index(s.value, name)
-                    for s in JobStatus
-                    if s.is_finished
-                ]
-                if not client.exists(*keys):
-                    client.srem(self._keys.names, name)
+            pipe = client.pipeline(transaction=False)
+            for key in owner_keys:
+                pipe.exists(key)
+            for name in unserved:
+                pipe.exists(
+                    self._keys.name_index(name),
+                    *(self._keys.status_index(s.value, name) for s in ended),
+                )
+            found = [_int(_plain(n)) for n in pipe.execute()]
+            split = len(owner_keys)
+            owners_gone = [
+                k for k, n in zip(owner_keys, found[:split], strict=True) if not n
+            ]
+            names_gone = [
+                name for name, n in zip(unserved, found[split:], strict=True) if not n
+            ]
+            if owners_gone:
+                client.srem(self._keys.owners, *owners_gone)
+            if names_gone:
+                client.srem(self._keys.names, *names_gone)
             old = [
                 m
                 for m in (_str(_plain(m)) for m in _list(_plain(minutes)))

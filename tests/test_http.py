@@ -358,6 +358,26 @@ def test_jobs_url_is_configurable() -> None:
     assert client.get(response.headers["Location"]).status_code == 200
 
 
+def test_the_listing_is_at_the_configured_jobs_url() -> None:
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_START_WORKER=False,
+        ASYNC_ENDPOINTS_JOBS_URL="/ops/",
+        ASYNC_ENDPOINTS_LIST_JOBS=True,
+    )
+    ae = AsyncEndpoints(app)
+
+    @ae.put("/thing", name="Thing")
+    def thing(ctx: AsyncContext) -> None:
+        return None
+
+    client = app.test_client()
+    job_id = client.put("/thing", json={}).get_json()["id"]
+    listing = client.get("/ops?limit=5")
+    assert listing.status_code == 200
+    assert [j["id"] for j in listing.get_json()["jobs"]] == [job_id]
+
+
 @pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
 def test_every_method_decorator(app: Flask, ae: AsyncEndpoints, method: str) -> None:
     register = getattr(ae, method)

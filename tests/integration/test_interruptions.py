@@ -306,10 +306,16 @@ def test_a_script_whose_worker_started_hands_its_jobs_back_at_exit(url: str) -> 
     assert handed_back.handbacks == 1
 
 
-def test_a_job_handed_back_at_every_shutdown_ends_failed(url: str) -> None:
+@pytest.mark.parametrize(
+    "handbacks", [{"MAX_HANDBACKS": 3}, {}], ids=["set-to-3", "by-default"]
+)
+def test_a_job_handed_back_at_every_shutdown_ends_failed(
+    url: str, handbacks: dict[str, int]
+) -> None:
     """What a stopping worker does (``manager.release``), over and over: after
-    MAX_HANDBACKS hand-backs in a row the next one counts as a failed attempt."""
-    app, ae = make_app(url, START_WORKER=False, MAX_RETRIES=0, MAX_HANDBACKS=3)
+    MAX_HANDBACKS (default 3) hand-backs in a row the next one counts as a
+    failed attempt."""
+    app, ae = make_app(url, START_WORKER=False, MAX_RETRIES=0, **handbacks)
 
     @ae.post("/long", name="Long")
     def long(ctx: AsyncContext) -> None:

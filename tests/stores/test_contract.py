@@ -1521,6 +1521,17 @@ def test_a_concurrency_limit_holds_and_frees_slots_as_jobs_end(store: JobStore) 
     assert store.claim("w", limit=10, lease=LEASE, now=NOW + 5) == []
 
 
+def test_jobs_waiting_for_a_slot_read_as_queued(store: JobStore) -> None:
+    """DESIGN: over a concurrency limit "the others wait, Queued"."""
+    jobs = limited(store, 3, concurrency=1)
+    (running,) = store.claim("w", limit=5, lease=LEASE, now=NOW)
+    for job in jobs:
+        if job.id != running.job_id:
+            waiting = store.get(job.id, now=NOW)
+            assert waiting is not None
+            assert waiting.status is JobStatus.QUEUED
+
+
 def test_a_parked_job_can_be_canceled(store: JobStore) -> None:
     jobs = limited(store, 2, concurrency=1)
     (running,) = store.claim("w", limit=5, lease=LEASE, now=NOW)

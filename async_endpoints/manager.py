@@ -466,6 +466,20 @@ class JobManager:
             request_id=request_id,
         )
 
+    def wait_and_claim(
+        self, owner: str, limit: int, timeout: float, *, request_id: str | None = None
+    ) -> list[Claim]:
+        """Wait up to ``timeout`` seconds for work, then claim as :meth:`claim`
+        does, in one store round trip where the store can."""
+        return self.store.wait_and_claim(
+            owner,
+            limit=limit,
+            lease=self.settings.claim_timeout_seconds,
+            now=time.time(),
+            timeout=timeout,
+            request_id=request_id,
+        )
+
     def sync_clock(self) -> None:
         """Measure the store's clock again (a host's clock may be stepped)."""
         self.store.sync_clock()

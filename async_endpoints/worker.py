@@ -163,6 +163,16 @@ class Worker:
         self.manager.callbacks_due.set()  # the delivery thread sees the stop
         if not self._started:
             return
+        try:
+            # The dispatcher's wait ends now, and the claim sent behind it
+            # takes nothing (stop() waits for a claim in flight).
+            self.manager.store.stop_waiting(self.owner)
+        except StoreError:
+            logger.warning(
+                "could not end the worker's wait for work; it ends within "
+                "POLL_INTERVAL_SECONDS",
+                exc_info=True,
+            )
         atexit.unregister(self._at_exit)
         deadline = time.monotonic() + grace
         with self._lock:
@@ -241,51 +251,41 @@ class Worker:
         request: str | None = None
         request_until = 0.0
         lease = self.manager.settings.claim_timeout_seconds
-        idle_waits = 0
         short = False  # the last claim got fewer jobs than asked: none is due
-        store = self.manager.store
         poll = self.manager.settings.poll_interval_seconds
         while not self._stopping.is_set():
             free, drained = self._free_slots()
             if self._stopping.is_set():
                 break
             try:
-                skip = drained or short
-                claims = []
-                if not skip:
-                    with self._lock:
-                        self._claiming = True
-                    if request is None or time.monotonic() > request_until:
-                        request = uuid.uuid4().hex
-                        # Sent again (its leases renewed) while they last.
-                        request_until = time.monotonic() + 0.8 * lease
+                if request is None or time.monotonic() > request_until:
+                    request = uuid.uuid4().hex
+                    # Sent again (its leases renewed) while they last.
+                    request_until = time.monotonic() + 0.8 * lease
+                with self._lock:
+                    self._claiming = True
+                if drained or short:
+                    # Nothing was due: wait for a wake-up (or a known job falling
+                    # due, or the poll interval) with the claim sent behind the
+                    # wait, in one round trip. stop() ends the wait at once.
+                    claims = self.manager.wait_and_claim(
+                        self.owner, free, poll, request_id=request
+                    )
+                else:
                     claims = self.manager.claim(self.owner, free, request_id=request)
-                    request = None
-                    failures = 0  # answered: the store is reachable
-                    if not claims:
-                        with self._lock:
-                            self._claiming = False
-                            self._slot_free.notify_all()
-                short = False
-                # Idle: wait, and claim again only when woken or when a known job
-                # falls due, or every tenth quiet wait (in case the process that
-                # knew of a scheduled job died), so an idle process makes about
-                # one Redis call a second.
-                while not claims and not self._stopping.is_set():
-                    if store.wait_for_work(poll) or idle_waits >= 9:
-                        idle_waits = 0
-                        if self._stopping.is_set():
-                            # Stopped while waiting: the wake-up may have been
-                            # meant for a job; pass it on to another worker.
-                            store.notify()
-                        break
-                    idle_waits += 1
+                request = None
+                failures = 0  # answered: the store is reachable
+                short = len(claims) < free
                 if not claims:
+                    with self._lock:
+                        self._claiming = False
+                        self._slot_free.notify_all()
                     continue
-                failures = 0
             except Exception:
                 with self._lock:
                     self._claiming = False
+                if self._stopping.is_set():
+                    break
                 failures += 1
                 delay = self._backoff(failures)
                 if request is not None:
@@ -312,7 +312,6 @@ class Worker:
                 break
             for run in runs:
                 self._queue.put(run)
-            short = len(claims) < free
 
     def _backoff(self, failures: int) -> float:
         """The pause after ``failures`` store errors in a row: exponential, but

@@ -45,9 +45,10 @@ caller (or its client library) sends the call again. So no transition's outcome
 depends on whether its reply arrived:
 
 * ``submit`` sent again for the same job id changes nothing and answers as before.
-* ``claim``, ``complete_and_claim`` and ``recover_expired`` take a
-  ``request_id``: sent again with the same one, they claim nothing new and answer
-  with the jobs the first call claimed that are still held under its tokens.
+* ``claim``, ``complete_and_claim``, ``wait_and_claim`` and ``recover_expired``
+  take a ``request_id``: sent again with the same one, they claim nothing new and
+  answer with the jobs the first call claimed that are still held under its
+  tokens.
 * ``complete`` or ``fail`` sent again with the token that applied it answers
   ``True`` and changes nothing (``complete`` after a ``fail`` by that token, or
   the reverse, is still ``False``).
@@ -387,6 +388,27 @@ class JobStore(Protocol):
         no waiting job falling due, so that an idle caller may skip a claim.
         Spurious wake-ups (``True``) are allowed; callers claim and wait again.
         """
+        ...
+
+    def wait_and_claim(
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+        timeout: float,
+        request_id: str | None = None,
+    ) -> list[Claim]:
+        """:meth:`wait_for_work` for up to ``timeout`` seconds, then
+        :meth:`claim` as of the wait's end (``now`` is when the wait began):
+        in one round trip where the store can, so that an idle worker takes a
+        new job as soon as it is submitted. Every wait claims, woken or not."""
+        ...
+
+    def stop_waiting(self, owner: str) -> None:
+        """End the :meth:`wait_and_claim` of worker ``owner`` under way, if
+        any, at once; it and every later one of ``owner`` claim nothing."""
         ...
 
     def notify(self) -> None:

@@ -86,6 +86,7 @@ class MemoryStore:
         self._parked: dict[str, list[tuple[int, int, UUID]]] = {}
         self._starts: dict[str, collections.deque[float]] = {}
         self._notified = 0
+        self._stopped_workers: set[str] = set()  # see stop_waiting
         self._waiting = 0
         self._generation = 0
         self._closes = 0
@@ -949,6 +950,37 @@ class MemoryStore:
                 lambda: self._generation != generation, timeout
             )
             return changed or due_first
+
+    def wait_and_claim(
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+        timeout: float,
+        request_id: str | None = None,
+    ) -> list[Claim]:
+        """See :meth:`JobStore.wait_and_claim` (a wait, then a claim)."""
+        started = time.monotonic()
+        if owner not in self._stopped_workers:
+            self.wait_for_work(timeout)
+        if owner in self._stopped_workers:
+            return []
+        return self.claim(
+            owner,
+            limit=limit,
+            lease=lease,
+            now=now + time.monotonic() - started,
+            request_id=request_id,
+        )
+
+    def stop_waiting(self, owner: str) -> None:
+        """See :meth:`JobStore.stop_waiting`."""
+        with self._lock:
+            self._stopped_workers.add(owner)
+            self._generation += 1
+            self._changed.notify_all()
 
     def notify(self) -> None:
         """See :meth:`JobStore.notify`."""

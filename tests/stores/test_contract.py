@@ -635,6 +635,107 @@ def test_complete_and_claim_finishes_one_and_takes_the_next(store: JobStore) -> 
     assert status(store, second) is JobStatus.IN_PROGRESS
 
 
+def test_wait_and_claim_takes_a_job_submitted_during_the_wait(
+    store: JobStore,
+) -> None:
+    store.wait_for_work(0.01)  # drop any earlier wake-up
+    claimed: list[Claim] = []
+    began = time.time()
+
+    def waiter() -> None:
+        claimed.extend(
+            store.wait_and_claim(
+                "w1", limit=5, lease=LEASE, now=time.time(), timeout=20.0
+            )
+        )
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.2)  # let the waiter block; a late start only makes it return early
+    submitted = time.time()
+    job_id = submit(store, now=submitted)
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "wait_and_claim did not return after a submission"
+    assert [c.job_id for c in claimed] == [job_id]
+    assert status(store, job_id) is JobStatus.IN_PROGRESS
+    # Claimed when the wait ended, not when it began: the job's start and its
+    # lease count from then.
+    stored = store.get(job_id, now=time.time())
+    assert stored is not None
+    assert stored.started_at is not None
+    assert stored.started_at >= submitted - 0.05
+    assert claimed[0].lease_until >= submitted + LEASE - 0.05
+    assert time.time() - began < 10
+
+
+def test_a_quiet_wait_and_claim_claims_nothing(store: JobStore) -> None:
+    store.wait_for_work(0.01)  # drop any earlier wake-up
+    began = time.monotonic()
+    claims = store.wait_and_claim(
+        "w1", limit=5, lease=LEASE, now=time.time(), timeout=0.05
+    )
+    assert claims == []
+    assert time.monotonic() - began < 10
+
+
+def test_wait_and_claim_takes_jobs_already_waiting(store: JobStore) -> None:
+    first = submit(store, now=time.time())
+    second = submit(store, now=time.time())
+    claims = store.wait_and_claim(
+        "w1", limit=5, lease=LEASE, now=time.time(), timeout=5.0
+    )
+    assert sorted(c.job_id for c in claims) == sorted([first, second])
+
+
+def test_wait_and_claim_sent_again_answers_with_the_same_claims(
+    store: JobStore,
+) -> None:
+    first = submit(store, now=time.time())
+    claims = store.wait_and_claim(
+        "w1", limit=1, lease=LEASE, now=time.time(), timeout=5.0, request_id="r1"
+    )
+    submit(store, now=time.time())
+    again = store.wait_and_claim(
+        "w1", limit=1, lease=LEASE, now=time.time(), timeout=0.05, request_id="r1"
+    )
+    assert [c.job_id for c in claims] == [first]
+    assert [(c.job_id, c.token) for c in again] == [(first, claims[0].token)]
+    assert store.queue_size() == 1
+
+
+def test_stop_waiting_ends_the_wait_and_claims_nothing(store: JobStore) -> None:
+    store.wait_for_work(0.01)  # drop any earlier wake-up
+    claimed: list[list[Claim]] = []
+
+    def waiter() -> None:
+        claimed.append(
+            store.wait_and_claim(
+                "w1", limit=5, lease=LEASE, now=time.time(), timeout=20.0
+            )
+        )
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.2)  # let the waiter block; a late start only makes it return early
+    store.stop_waiting("w1")
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "stop_waiting did not end the wait"
+    assert claimed == [[]]
+    # Stopped for good: a job now waiting is left to the others.
+    job_id = submit(store, now=time.time())
+    began = time.monotonic()
+    assert (
+        store.wait_and_claim("w1", limit=5, lease=LEASE, now=time.time(), timeout=20)
+        == []
+    )
+    assert time.monotonic() - began < 10
+    assert status(store, job_id) is JobStatus.QUEUED
+    others = store.wait_and_claim(
+        "w2", limit=5, lease=LEASE, now=time.time(), timeout=5
+    )
+    assert [c.job_id for c in others] == [job_id]
+
+
 def test_notify_wakes_a_waiter(store: JobStore) -> None:
     store.wait_for_work(0.01)  # drop any earlier wake-up
     store.notify()

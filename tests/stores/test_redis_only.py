@@ -360,6 +360,48 @@ def test_wait_for_work_sleeps_only_until_the_next_due_job(
 
 
 @pytest.mark.redis
+def test_a_claim_sent_behind_a_wait_takes_nothing_once_its_worker_stopped(
+    real_store: RedisStore,
+) -> None:
+    """The claim is already at Redis, queued behind the BLPOP, when the worker
+    stops: it runs when the wait ends, and must not take the job waiting."""
+    job_id = submit(real_store, now=time.time())
+    real_store.wait_for_work(5)  # takes the submission's wake-up token
+    claimed: list[list[Claim]] = []
+
+    def waiter() -> None:
+        claimed.append(
+            real_store.wait_and_claim(
+                "w1", limit=5, lease=LEASE, now=time.time(), timeout=20
+            )
+        )
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.3)  # the BLPOP and the claim behind it are sent
+    real_store.stop_waiting("w1")
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "stop_waiting did not end the wait"
+    assert claimed == [[]]
+    job = real_store.get(job_id, now=time.time())
+    assert job is not None
+    assert job.status is JobStatus.QUEUED
+
+
+@pytest.mark.redis
+def test_a_claim_behind_a_wait_loads_its_script_if_redis_lost_it(
+    real_store: RedisStore, real_client: redis.Redis
+) -> None:
+    real_store.wait_for_work(0.01)  # drop any earlier wake-up
+    job_id = submit(real_store, now=time.time())
+    real_client.script_flush()
+    claims = real_store.wait_and_claim(
+        "w1", limit=5, lease=LEASE, now=time.time(), timeout=5
+    )
+    assert [c.job_id for c in claims] == [job_id]
+
+
+@pytest.mark.redis
 def test_close_wakes_a_blocked_waiter_and_keeps_the_callers_client(
     real_client: redis.Redis,
 ) -> None:

@@ -59,6 +59,10 @@ class _BlockingConnection(Protocol):
 
     def send_command(self, *args: object) -> None: ...
 
+    def pack_commands(self, commands: Sequence[Sequence[object]]) -> list[bytes]: ...
+
+    def send_packed_command(self, command: list[bytes]) -> None: ...
+
     def read_response(self) -> object: ...
 
     def disconnect(self) -> None: ...
@@ -128,6 +132,7 @@ class _Connection:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._blocked: set[_BlockingConnection] = set()
+        self._stopped_workers: set[str] = set()  # see stop_waiting
         self._cancel_lock = threading.Lock()
         self._cancel_pubsub: Any = None
         self._translated = _Translated(self)

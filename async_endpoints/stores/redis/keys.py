@@ -104,6 +104,16 @@ class _Keys:
     def job(self, job_id: uuid.UUID | str) -> str:
         return f"{self.job_prefix}{job_id}"
 
+    def stop_wake(self, worker: str) -> str:
+        """One worker's own wake-up list, which its waits also watch: pushed
+        when it stops, to end its wait at once."""
+        return f"{self.wake}:{worker}"
+
+    def stopped(self, worker: str) -> str:
+        """Set when the worker stops: a claim it sent behind a wait takes
+        nothing (claim.lua)."""
+        return f"{self.base}stopped:{worker}"
+
     def request(self, request_id: str) -> str:
         """The record of what a claim request took (so that it can be re-sent)."""
         return f"{self._request_prefix}{request_id}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 import uuid
 
 import redis
@@ -290,6 +291,59 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
         ]
         completed, claimed = self._pipeline(client, calls)
         return _int(completed) == 1, self._claimed(claimed, now, lease)
+
+    def wait_and_claim(
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+        timeout: float,
+        request_id: str | None = None,
+    ) -> list[Claim]:
+        """:meth:`wait_for_work`, then :meth:`claim`, in one round trip: the
+        claim is sent behind the ``BLPOP`` and Redis runs it the moment the
+        wait ends (a job submitted meanwhile is leased before its submitter
+        has read the reply). The claim's instants are moved on by the time the
+        wait took, on Redis's clock. On a Cluster, two round trips. After
+        :meth:`stop_waiting` for ``owner``, it claims nothing.
+
+        :raises StoreUnavailableError: Redis cannot be reached (the claim may
+            have run: send it again with the same ``request_id``).
+        """
+        if owner in self._stopped_workers:
+            return []
+        with self._translate_errors():
+            client = self._redis()
+        if limit <= 0 or isinstance(client, redis.cluster.RedisCluster):
+            started = time.monotonic()
+            self._wait_for_work(timeout, worker=owner)
+            if owner in self._stopped_workers:
+                return []
+            return self.claim(
+                owner,
+                limit=limit,
+                lease=lease,
+                now=now + time.monotonic() - started,
+                request_id=request_id,
+            )
+        keys, args = self._claim_call(owner, limit, lease, now, request_id)
+        script = self._scripts["claim"]
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args, "1")
+        started = time.monotonic()
+        _, reply = self._wait_for_work(timeout, then=command, worker=owner)
+        if reply is None:  # closed before or during the wait
+            return []
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            # Not run (a first use, a flush, a failover): run it on its own,
+            # which loads it (its instants moved on the same way).
+            reply = self._call("claim", keys, [*args, "1"])
+        elif isinstance(reply, Exception):
+            with self._translate_errors():
+                raise reply
+        # The claim ran when the wait ended: its instants are moved on as much.
+        return self._claimed(_plain(reply), now + time.monotonic() - started, lease)
 
     def fail(
         self,

@@ -54,6 +54,9 @@ before the old one is let go, so that no announcement falls between)."""
 _PONG_WAIT: Final = 1.0
 """How long an old events subscription may take to answer a PING before it is
 judged dead (and every followed job re-read), in seconds."""
+_STOPPED_MS: Final = 60_000
+"""How long a stopped worker's marker and wake-up list are kept, in ms: longer
+than any of its waits."""
 _END_POLL: Final = 0.05
 """How often ``wait_for_end`` looks at the job, in seconds."""
 
@@ -73,8 +76,25 @@ class _Waits(_Connection):
             known job falling due (claiming now would find nothing new).
         :raises StoreUnavailableError: Redis cannot be reached.
         """
+        return self._wait_for_work(timeout)[0]
+
+    def _wait_for_work(
+        self,
+        timeout: float,
+        then: tuple[Any, ...] | None = None,
+        worker: str | None = None,
+    ) -> tuple[bool, object]:
+        """:meth:`wait_for_work`; with ``then``, a command sent in the same
+        round trip behind the ``BLPOP`` (Redis runs it when the wait ends);
+        with ``worker``, the wait also ends when that worker stops
+        (:meth:`stop_waiting`).
+
+        :returns: whether woken, and ``then``'s reply (``None`` without it, or
+            when the store was closed before the wait began); an error reply
+            is returned, not raised.
+        """
         if self._closed.is_set():
-            return True
+            return True, None
         seconds = timeout
         next_due = self._next_due
         due_first = next_due is not None and next_due - time.time() <= timeout
@@ -97,13 +117,22 @@ class _Waits(_Connection):
         # takes fractions); an idle wait no shorter than _MIN_BLOCK.
         seconds = max(seconds, _DUE_BLOCK if due_first else _MIN_BLOCK)
         woken = True
+        reply: object = None
         try:
             with self._lock:
                 self._blocked.add(connection)
             if self._closed.is_set():
-                return True
+                return True, None
+            lists = [self._keys.wake]
+            if worker is not None:
+                lists.append(self._keys.stop_wake(worker))
             with self._translate_errors():
-                connection.send_command("BLPOP", self._keys.wake, seconds)
+                if then is None:
+                    connection.send_command("BLPOP", *lists, seconds)
+                else:
+                    connection.send_packed_command(
+                        connection.pack_commands([("BLPOP", *lists, seconds), then])
+                    )
                 # Our own bound, whatever the client's socket timeout (a client
                 # passed in may have none): a black hole does not hold us.
                 if not connection.can_read(timeout=seconds + _REPLY_GRACE):
@@ -112,6 +141,11 @@ class _Waits(_Connection):
                     )
                 try:
                     woken = connection.read_response() is not None or due_first
+                    if then is not None:
+                        try:
+                            reply = connection.read_response()
+                        except redis.exceptions.ResponseError as exc:
+                            reply = exc  # the caller decides (NOSCRIPT: load it)
                 except redis.exceptions.AskError:
                     # MOVED or ASK: the slot is moving to another Cluster node. The
                     # next command through the Cluster client learns where it went,
@@ -125,7 +159,7 @@ class _Waits(_Connection):
             with self._lock:
                 self._blocked.discard(connection)
             pool.release(connection)
-        return woken
+        return woken, reply
 
     def _wake_pool(self) -> Any:
         """The connection pool of the server that holds the wake-up list."""
@@ -154,6 +188,21 @@ class _Waits(_Connection):
             pipe = self._redis().pipeline(transaction=False)
             pipe.lpush(self._keys.wake, "1")
             pipe.ltrim(self._keys.wake, 0, 63)
+            pipe.execute()
+
+    def stop_waiting(self, worker: str) -> None:
+        """End ``worker``'s wait at once and make the claim sent behind it
+        (and any later :meth:`wait_and_claim` of it) take nothing.
+
+        :raises StoreUnavailableError: Redis cannot be reached.
+        """
+        with self._lock:
+            self._stopped_workers.add(worker)
+        with self._translate_errors():
+            pipe = self._redis().pipeline(transaction=False)
+            pipe.set(self._keys.stopped(worker), "1", px=_STOPPED_MS)
+            pipe.lpush(self._keys.stop_wake(worker), "1")
+            pipe.pexpire(self._keys.stop_wake(worker), _STOPPED_MS)
             pipe.execute()
 
     def wait_for_end(self, job_id: uuid.UUID, timeout: float) -> None:

@@ -51,6 +51,11 @@
 -- ARGV[5]  the claiming worker's name
 -- ARGV[6]  now on the caller's clock (float string): the hash's times
 -- ARGV[7]  how long the request's record is kept, milliseconds (integer)
+-- ARGV[8]  '1' when the call was sent behind a BLPOP on the wake-up list, in
+--          one round trip (wait_and_claim): it runs when the wait ends, so
+--          ARGV[1], ARGV[3] and ARGV[6] are moved on by the time that passed
+--          since ARGV[1] on Redis's clock (TIME), and nothing is claimed if
+--          the worker stopped meanwhile (see below); else ''
 -- The events channel {prefix}:events (a channel, not a key): a claimed job that
 -- somebody follows (field ev) is PUBLISHed there as JSON [id, its hash
 -- HGETALL-style].
@@ -68,6 +73,24 @@ local P = KEYS[1]
 local K = {P .. 'ready', P .. 'claimed', P .. 'job:', P .. 'req:' .. ARGV[4],
     P .. 'ix:s:', P .. 'ow:', P .. 'rate:', P .. 'running', P .. 'parked:', P .. 'fair'}
 
+-- The instants the call carries: moved on by the wait it was sent behind. A
+-- worker that stopped meanwhile ({prefix}:stopped:<ARGV[5]> exists, set by
+-- stop_waiting) claims nothing.
+local out_none = {''}
+local now, lease_end, stamp = ARGV[1], ARGV[3], ARGV[6]
+if ARGV[8] == '1' then
+    if redis.call('EXISTS', P .. 'stopped:' .. ARGV[5]) == 1 then
+        return out_none  -- the worker stopped during the wait
+    end
+    local t = redis.call('TIME')
+    local late = tonumber(t[1]) + tonumber(t[2]) / 1e6 - tonumber(now)
+    if late > 0 then
+        now = string.format('%.6f', tonumber(now) + late)
+        lease_end = string.format('%.6f', tonumber(lease_end) + late)
+        stamp = string.format('%.6f', tonumber(stamp) + late)
+    end
+end
+
 local out = {''}
 local done = redis.call('GET', K[4])
 if done then
@@ -78,7 +101,7 @@ if done then
         local token = ARGV[4] .. ':' .. n
         local held = redis.call('HMGET', key, 's', 't')
         if held[1] == 'InProgress' and held[2] == token then
-            redis.call('ZADD', K[2], ARGV[3], id)
+            redis.call('ZADD', K[2], lease_end, id)
             out[#out + 1] = id
             out[#out + 1] = token
             out[#out + 1] = redis.call('HGETALL', key)
@@ -88,7 +111,7 @@ if done then
     return out
 end
 
-local now, limit, stamp = ARGV[1], tonumber(ARGV[2]), ARGV[6]
+local limit = tonumber(ARGV[2])
 local OFFSET = 1e12
 
 -- Due jobs still scored by time get their tags first, earliest due first. The
@@ -233,7 +256,7 @@ while n < limit and examined < limit + 1000 do
                 redis.call('PUBLISH', P .. 'events',
                     cjson.encode({id, redis.call('HGETALL', key)}))
             end
-            redis.call('ZADD', K[2], ARGV[3], id)
+            redis.call('ZADD', K[2], lease_end, id)
             redis.call('ZREM', K[5] .. status, id)
             if owner then
                 redis.call('ZREM', K[6] .. owner, id)

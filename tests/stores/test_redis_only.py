@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fakeredis
@@ -18,6 +19,7 @@ from redis.crc import key_slot
 from async_endpoints.errors import (
     ConfigurationError,
     IdempotencyConflictError,
+    StoreError,
     StoreUnavailableError,
 )
 from async_endpoints.jobs import (
@@ -740,3 +742,155 @@ def test_a_merged_page_reads_only_the_hashes_of_its_jobs(
     assert stats["cmdstat_hgetall"]["calls"] == 5
     assert stats["cmdstat_evalsha"]["calls"] == 1
     assert stats["cmdstat_zrevrange"]["calls"] == 3  # a batch of each index
+
+
+# -- group commit -------------------------------------------------------------------
+
+
+def _hold_first_claim(store: RedisStore) -> tuple[threading.Event, threading.Event]:
+    """Make the first claim sent on its own wait in flight until released:
+    (it is in flight, release it)."""
+    script = store._scripts["claim"]
+    in_flight, release = threading.Event(), threading.Event()
+
+    class Held:
+        sha = script.sha
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            if not in_flight.is_set():
+                in_flight.set()
+                assert release.wait(10)
+            return script(*args, **kwargs)
+
+    store._scripts["claim"] = Held()  # type: ignore[assignment]
+    return in_flight, release
+
+
+def _count_pipelines(client: redis.Redis) -> list[int]:
+    """The number of commands of each pipeline the client executes."""
+    sizes: list[int] = []
+    make = client.pipeline
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = make(*args, **kwargs)
+        execute = pipe.execute
+
+        def counted(*a: Any, **k: Any) -> Any:
+            sizes.append(len(pipe.command_stack))
+            return execute(*a, **k)
+
+        pipe.execute = counted  # type: ignore[method-assign]
+        return pipe
+
+    client.pipeline = pipeline  # type: ignore[method-assign]
+    return sizes
+
+
+def _grouped_behind_a_claim(
+    store: RedisStore, calls: list[Callable[[], object]]
+) -> tuple[list[Claim], dict[int, object]]:
+    """Run ``calls`` on threads of their own while a claim of one job is in
+    flight; the claim's jobs, and each call's outcome (a value or an error)."""
+    in_flight, release = _hold_first_claim(store)
+    claimed: list[Claim] = []
+    outcomes: dict[int, object] = {}
+
+    def run(n: int, call: Callable[[], object]) -> None:
+        try:
+            outcomes[n] = call()
+        except Exception as exc:
+            outcomes[n] = exc
+
+    def claim() -> None:
+        claimed.extend(store.claim("w0", limit=1, lease=LEASE, now=time.time()))
+
+    leader = threading.Thread(target=run, args=(-1, claim))
+    leader.start()
+    assert in_flight.wait(10)
+    threads = [
+        threading.Thread(target=run, args=(n, call)) for n, call in enumerate(calls)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(store._group) < len(calls) and time.monotonic() < deadline:
+        time.sleep(0.005)  # they queue behind the claim in flight
+    release.set()
+    for thread in [leader, *threads]:
+        thread.join(timeout=10)
+    assert not store._group_busy
+    return claimed, outcomes
+
+
+def _claimed_jobs(store: RedisStore, count: int) -> list[Claim]:
+    for n in range(count):
+        submit(store, now=time.time() + n / 1000)
+    return store.claim("w", limit=count, lease=LEASE, now=time.time() + 1)
+
+
+def test_calls_made_while_one_is_in_flight_leave_together() -> None:
+    client = fakeredis.FakeRedis()
+    store = RedisStore(client, prefix="group")
+    held = _claimed_jobs(store, 3)
+    waiting = submit(store, now=time.time() + 2)
+    sizes = _count_pipelines(client)
+    completions: list[Callable[[], object]] = [
+        functools.partial(store.complete, claim, "ok", ttl=60, now=time.time())
+        for claim in held
+    ]
+    claimed, outcomes = _grouped_behind_a_claim(store, completions)
+    assert sizes == [3], "the three completions did not leave in one pipeline"
+    assert [c.job_id for c in claimed] == [waiting]
+    assert outcomes == {-1: None, 0: True, 1: True, 2: True}
+    for claim in held:
+        job = store.get(claim.job_id, now=time.time())
+        assert job is not None
+        assert job.status is JobStatus.COMPLETED
+
+
+def test_a_grouped_call_that_fails_fails_alone() -> None:
+    client = fakeredis.FakeRedis()
+    store = RedisStore(client, prefix="group")
+    broken, good = _claimed_jobs(store, 2)
+    # The first job's record is no hash any more: completing it fails.
+    client.delete(f"{{group}}:job:{broken.job_id}")
+    client.set(f"{{group}}:job:{broken.job_id}", "not a hash")
+    _, outcomes = _grouped_behind_a_claim(
+        store,
+        [
+            functools.partial(store.complete, broken, "ok", ttl=60, now=time.time()),
+            functools.partial(store.complete, good, "ok", ttl=60, now=time.time()),
+        ],
+    )
+    assert isinstance(outcomes[0], StoreError)
+    assert outcomes[1] is True
+    job = store.get(good.job_id, now=time.time())
+    assert job is not None
+    assert job.status is JobStatus.COMPLETED
+
+
+def test_a_grouped_pipeline_that_cannot_reach_redis_fails_every_call() -> None:
+    client = fakeredis.FakeRedis()
+    store = RedisStore(client, prefix="group")
+    held = _claimed_jobs(store, 2)
+    make = client.pipeline
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        pipe = make(*args, **kwargs)
+
+        def execute(*a: Any, **k: Any) -> Any:
+            raise redis.ConnectionError("Connection reset by peer")
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+    client.pipeline = unreachable  # type: ignore[method-assign]
+    _, outcomes = _grouped_behind_a_claim(
+        store,
+        [
+            functools.partial(store.complete, claim, "ok", ttl=60, now=time.time())
+            for claim in held
+        ],
+    )
+    assert isinstance(outcomes[0], StoreUnavailableError)
+    assert isinstance(outcomes[1], StoreUnavailableError)

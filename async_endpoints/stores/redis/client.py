@@ -109,6 +109,21 @@ class _Translated:
             raise StoreError(f"Redis at {self._store._target} failed: {exc}") from exc
 
 
+class _Grouped:
+    """One thread's scripts waiting to be sent with other threads' (group
+    commit: see :meth:`_Connection._grouped`)."""
+
+    __slots__ = ("calls", "done", "error", "lead", "replies")
+
+    def __init__(self, calls: Sequence[tuple[_ScriptName, list[str], list[str]]]):
+        self.calls = calls
+        self.done = threading.Lock()
+        self.done.acquire()  # released when its replies are in, or it leads
+        self.lead = False
+        self.replies: list[object] = []
+        self.error: BaseException | None = None
+
+
 class _Connection:
     """A Redis client bound to one key prefix, with the scripts registered."""
 
@@ -133,6 +148,9 @@ class _Connection:
         self._closed = threading.Event()
         self._blocked: set[_BlockingConnection] = set()
         self._stopped_workers: set[str] = set()  # see stop_waiting
+        self._group_lock = threading.Lock()
+        self._group: list[_Grouped] = []  # waiting for the pipeline in flight
+        self._group_busy = False  # a pipeline of grouped calls is in flight
         self._cancel_lock = threading.Lock()
         self._cancel_pubsub: Any = None
         self._translated = _Translated(self)
@@ -322,6 +340,84 @@ class _Connection:
                     raise reply
             replies.append(_plain(reply))
         return replies
+
+    def _grouped(
+        self, calls: Sequence[tuple[_ScriptName, list[str], list[str]]]
+    ) -> list[_Reply]:
+        """``calls`` (scripts run one after the other, each atomic) in one round
+        trip, shared with the calls other threads of this process make
+        meanwhile: while one pipeline is in flight, the calls that come in wait
+        and then leave together in the next one, sent by the first of them
+        (group commit). A thread alone sends at once. Every script here is
+        safe to send again, so a pipeline whose reply was lost is retried as
+        its calls would be one by one; each caller gets its own replies and
+        errors. Used by the worker's calls (claims and completions): submits
+        are sent on their own, as grouping them cost the web process more
+        CPU than it saved (``bench/README.md``).
+
+        On a Cluster, the calls are sent one by one.
+        """
+        with self._translate_errors():
+            client = self._redis()
+        if isinstance(client, redis.cluster.RedisCluster):
+            return [self._call(name, keys, args) for name, keys, args in calls]
+        mine = _Grouped(calls)
+        with self._group_lock:
+            self._group.append(mine)
+            lead = not self._group_busy
+            self._group_busy = True
+        if not lead:
+            mine.done.acquire()
+        if mine.lead or lead:
+            self._send_group(client)
+        if mine.error is not None:
+            raise mine.error
+        replies: list[_Reply] = []
+        for (name, keys, args), reply in zip(calls, mine.replies, strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                replies.append(self._call(name, keys, args))
+                continue
+            if isinstance(reply, Exception):
+                with self._translate_errors():
+                    raise reply
+            replies.append(_plain(reply))
+        return replies
+
+    def _send_group(self, client: _Client) -> None:
+        """Send every grouped call waiting, as the group's leader; then make
+        the first call that came in meanwhile the next leader."""
+        with self._group_lock:
+            group, self._group = self._group, []
+        try:
+            sent = [call for grouped in group for call in grouped.calls]
+            with self._translate_errors():
+                if len(sent) == 1:
+                    name, keys, args = sent[0]
+                    raw: list[object] = [
+                        self._scripts[name](keys=list(keys), args=list(args))
+                    ]
+                else:
+                    pipe = client.pipeline(transaction=False)
+                    for name, keys, args in sent:
+                        pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+                    raw = pipe.execute(raise_on_error=False)
+            at = 0
+            for grouped in group:
+                grouped.replies = raw[at : at + len(grouped.calls)]
+                at += len(grouped.calls)
+        except BaseException as exc:
+            for grouped in group:
+                grouped.error = exc
+        finally:
+            with self._group_lock:
+                if self._group:
+                    self._group[0].lead = True
+                    self._group[0].done.release()
+                else:
+                    self._group_busy = False
+            for grouped in group:
+                if not grouped.lead:
+                    grouped.done.release()
 
     def close(self) -> None:
         """Wake blocked waiters and, if :meth:`from_url` made the client, close it

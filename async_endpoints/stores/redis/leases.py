@@ -64,7 +64,8 @@ class _Leases(_Clock):
         if limit <= 0:
             return []
         keys, args = self._claim_call(owner, limit, lease, now, request_id)
-        return self._claimed(self._call("claim", keys, args), now, lease)
+        (reply,) = self._grouped([("claim", keys, args)])
+        return self._claimed(reply, now, lease)
 
     def _claim_call(
         self,

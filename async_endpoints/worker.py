@@ -80,9 +80,6 @@ class Worker:
         self._claiming = False  # the dispatcher has a claim in flight
         self._stopping = threading.Event()
         self._hurry = threading.Event()
-        # Set by a handler thread whose follow-up claim found nothing due: the
-        # dispatcher then waits for a wake-up instead of claiming in vain.
-        self._drained = False
         # Daemon threads, not a ThreadPoolExecutor: the interpreter joins an
         # executor's threads at exit, so one stuck handler would keep a gunicorn
         # worker (or the CLI worker) alive past its shutdown grace period.
@@ -233,16 +230,12 @@ class Worker:
 
     # -- threads -----------------------------------------------------------------
 
-    def _free_slots(self) -> tuple[int, bool]:
-        """Free handler threads, once there is one; and whether the thread that
-        freed it found nothing due (then a claim now would come back empty)."""
+    def _free_slots(self) -> int:
+        """Free handler threads, once there is one."""
         with self._lock:
-            waited = False
             while len(self._runs) >= self._concurrency and not self._stopping.is_set():
-                waited = True
                 self._slot_free.wait(1.0)
-            drained, self._drained = waited and self._drained, False
-            return self._concurrency - len(self._runs), drained
+            return self._concurrency - len(self._runs)
 
     def _dispatch(self) -> None:
         failures = 0
@@ -251,10 +244,9 @@ class Worker:
         request: str | None = None
         request_until = 0.0
         lease = self.manager.settings.claim_timeout_seconds
-        short = False  # the last claim got fewer jobs than asked: none is due
         poll = self.manager.settings.poll_interval_seconds
         while not self._stopping.is_set():
-            free, drained = self._free_slots()
+            free = self._free_slots()
             if self._stopping.is_set():
                 break
             try:
@@ -264,18 +256,14 @@ class Worker:
                     request_until = time.monotonic() + 0.8 * lease
                 with self._lock:
                     self._claiming = True
-                if drained or short:
-                    # Nothing was due: wait for a wake-up (or a known job falling
-                    # due, or the poll interval) with the claim sent behind the
-                    # wait, in one round trip. stop() ends the wait at once.
-                    claims = self.manager.wait_and_claim(
-                        self.owner, free, poll, request_id=request
-                    )
-                else:
-                    claims = self.manager.claim(self.owner, free, request_id=request)
+                # Claims at once while jobs are due; else waits for a wake-up (or
+                # a known job falling due, or the poll interval) with the claim
+                # sent behind the wait, in one round trip. stop() ends the wait.
+                claims = self.manager.wait_and_claim(
+                    self.owner, free, poll, request_id=request
+                )
                 request = None
                 failures = 0  # answered: the store is reachable
-                short = len(claims) < free
                 if not claims:
                     with self._lock:
                         self._claiming = False
@@ -370,7 +358,6 @@ class Worker:
             self._release_quietly(claims)
         with self._lock:
             self._runs.pop(run.claim.token, None)
-            self._drained = claims == []  # a follow-up claim found nothing due
             self._slot_free.notify_all()
         return None
 

@@ -7,7 +7,10 @@ two O(1) commands) and times from the first job taken to the last one finished.
 A configuration that has not finished after ``drain_cap_seconds`` is stopped
 there and its rate is the jobs finished in that time (counted exactly), which the
 report marks. Startup of the worker processes is not part of the rate (it is
-reported apart as ``startup_s``).
+reported apart as ``startup_s``). The CPU time of the worker processes and of
+redis-server over the same window, per job finished in it, is what one job costs
+each (claim, run and record; the workers' polling of an empty queue at the end
+included).
 """
 
 from __future__ import annotations
@@ -118,6 +121,8 @@ def run(server: RedisServer, plan: Plan) -> dict[str, Any]:
             "jobs_per_s": median([r["jobs_per_s"] for r in rounds]),
             "capped": any(r["capped"] for r in rounds),
             "startup_s": median([r["startup_s"] for r in rounds]),
+            "worker_cpu_us": median([r["worker_cpu_us"] for r in rounds]),
+            "redis_cpu_us": median([r["redis_cpu_us"] for r in rounds]),
             "rounds": rounds,
         }
     return {
@@ -143,7 +148,7 @@ def _drain(server: RedisServer, db: int, config: Config, plan: Plan) -> dict[str
         }
         with ProcessGroup() as group:
             spawned = time.monotonic()
-            for i, argv in enumerate(config.workers(url)):
+            workers = [
                 group.start(
                     Managed(
                         f"drain-{config.key}-{i}",
@@ -152,15 +157,29 @@ def _drain(server: RedisServer, db: int, config: Config, plan: Plan) -> dict[str
                         log=log_path(f"drain-{config.key}-{i}"),
                     )
                 )
+                for i, argv in enumerate(config.workers(url))
+            ]
+
+            def cpu() -> tuple[float, float]:
+                return (
+                    sum(w.cpu_seconds() for w in workers),
+                    server.process.cpu_seconds(),
+                )
+
             first = None
+            cpu_first = cpu_end = (0.0, 0.0)
+            done_first = 0
             deadline = spawned + 60.0  # startup allowance
             capped = False
             remaining = ids
             while True:
                 now = time.monotonic()
                 if first is None:
-                    if adapter.waiting() < total:
+                    waiting = adapter.waiting()
+                    if waiting < total:
                         first = now
+                        cpu_first = cpu()
+                        done_first = total - waiting  # taken, at most
                         deadline = first + plan.drain_cap_seconds
                     elif now > deadline:
                         raise RuntimeError(f"{config.key}: no worker took a job")
@@ -169,9 +188,11 @@ def _drain(server: RedisServer, db: int, config: Config, plan: Plan) -> dict[str
                     remaining = adapter.missing(remaining)
                     if not remaining:
                         end = time.monotonic()
+                        cpu_end = cpu()
                         break
                 if first is not None and now > deadline:
                     end = now
+                    cpu_end = cpu()
                     capped = True
                     break
                 time.sleep(_POLL)
@@ -179,12 +200,15 @@ def _drain(server: RedisServer, db: int, config: Config, plan: Plan) -> dict[str
             capped = capped and done < total
         assert first is not None
         seconds = end - first
+        in_window = max(1, done - done_first)
         return {
             "done": done,
             "seconds": seconds,
             "jobs_per_s": done / seconds,
             "capped": capped,
             "startup_s": first - spawned,
+            "worker_cpu_us": 1e6 * (cpu_end[0] - cpu_first[0]) / in_window,
+            "redis_cpu_us": 1e6 * (cpu_end[1] - cpu_first[1]) / in_window,
         }
     finally:
         adapter.close()

@@ -200,6 +200,22 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"best peer: {best}, {peers[best]:.0f} jobs/s; ours "
             f"{drain['ours']['jobs_per_s']:.0f} jobs/s",
         )
+        if "worker_cpu_us" in drain["ours"]:
+            cpus = ", ".join(
+                f"{key} {row['worker_cpu_us']:.0f}"
+                for key, row in drain.items()
+                if key != "ours" and "worker_cpu_us" in row
+            )
+            add(
+                "worker CPU per no-op job <= 250 µs",
+                drain["ours"]["worker_cpu_us"],
+                250,
+                False,
+                "{:.0f} µs",
+                "drain, 2 CLI worker processes: claim + run + complete, app context "
+                f"and signals included (Redis {drain['ours']['redis_cpu_us']:.0f} "
+                f"µs more); peers: {cpus}",
+            )
         if "dramatiq" in drain:
             add(
                 "drain >= 1.5 x Dramatiq's",
@@ -478,17 +494,22 @@ def _drain_md(section: dict[str, Any] | None) -> list[str]:
         f"the first job taken to the last finished (capped at "
         f"{section['cap_seconds']:g} s: a capped row's rate is over the jobs it "
         "finished by then). Startup = from spawning the workers to the first job "
-        "taken, not part of the rate.",
+        "taken, not part of the rate. Worker / Redis CPU per job: CPU time of the "
+        "worker processes / of redis-server over the same window, per job finished "
+        "in it (claim, run and record, everything included).",
         "",
-        "| configuration | jobs/s | async-endpoints / this | startup s |",
-        "|---|---:|---:|---:|",
+        "| configuration | jobs/s | async-endpoints / this | startup s "
+        "| worker CPU µs/job | Redis CPU µs/job |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for key, row in rows.items():
         capped = " (capped)" if row["capped"] else ""
         ratio = "-" if key == "ours" else _f(ours / row["jobs_per_s"], ".2f")
         lines.append(
             f"| {row['label']} | {_f(row['jobs_per_s'])}{capped} | {ratio} | "
-            f"{_f(row['startup_s'], '.2f')} |"
+            f"{_f(row['startup_s'], '.2f')} | "
+            f"{_f(row.get('worker_cpu_us', math.nan))} | "
+            f"{_f(row.get('redis_cpu_us', math.nan))} |"
         )
     return lines
 

@@ -703,6 +703,23 @@ def test_wait_and_claim_sent_again_answers_with_the_same_claims(
     assert store.queue_size() == 1
 
 
+def test_wait_and_claim_does_not_wait_while_jobs_are_left_due(
+    store: JobStore,
+) -> None:
+    first = submit(store, now=time.time())
+    second = submit(store, now=time.time() + 0.001)
+    for _ in range(3):
+        store.wait_for_work(0.01)  # drop the submissions' wake-ups
+    (claim,) = store.claim("w1", limit=1, lease=LEASE, now=time.time() + 0.002)
+    assert claim.job_id == first
+    began = time.monotonic()
+    claims = store.wait_and_claim(
+        "w1", limit=1, lease=LEASE, now=time.time() + 0.002, timeout=20
+    )
+    assert [c.job_id for c in claims] == [second]
+    assert time.monotonic() - began < 2, "it waited for a wake-up with a job due"
+
+
 def test_stop_waiting_ends_the_wait_and_claims_nothing(store: JobStore) -> None:
     store.wait_for_work(0.01)  # drop any earlier wake-up
     claimed: list[list[Claim]] = []

@@ -308,7 +308,8 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
         claim is sent behind the ``BLPOP`` and Redis runs it the moment the
         wait ends (a job submitted meanwhile is leased before its submitter
         has read the reply). The claim's instants are moved on by the time the
-        wait took, on Redis's clock. On a Cluster, two round trips. After
+        wait took, on Redis's clock. On a Cluster, two round trips. When the
+        last claim left jobs due, it claims at once, without a wait. After
         :meth:`stop_waiting` for ``owner``, it claims nothing.
 
         :raises StoreUnavailableError: Redis cannot be reached (the claim may
@@ -316,6 +317,13 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
         """
         if owner in self._stopped_workers:
             return []
+        next_due = self._next_due
+        if next_due is not None and next_due <= now:
+            # The last claim left jobs due (or one has fallen due): no wait.
+            self._next_due = None
+            return self.claim(
+                owner, limit=limit, lease=lease, now=now, request_id=request_id
+            )
         with self._translate_errors():
             client = self._redis()
         if limit <= 0 or isinstance(client, redis.cluster.RedisCluster):

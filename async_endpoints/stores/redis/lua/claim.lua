@@ -66,8 +66,9 @@
 --
 -- Returns {next_due, id, token, fields, id, token, fields, ...}: fields is the
 -- claimed job's hash, HGETALL-style, as it was before the claim (a re-sent
--- request's: as it is now). next_due is the score (Redis's clock) of
--- the earliest job still waiting when fewer than `limit` were claimed, else ''.
+-- request's: as it is now). next_due is ARGV[1] when jobs are left due, else
+-- the score (Redis's clock) of the earliest job still waiting if known (always
+-- when fewer than `limit` were claimed), else ''.
 -- Ids in the zset whose hash is gone (or no longer waiting) are dropped.
 local P = KEYS[1]
 local K = {P .. 'ready', P .. 'claimed', P .. 'job:', P .. 'req:' .. ARGV[4],
@@ -170,18 +171,19 @@ local examined = 0  -- bounded: a burst of limited jobs is set aside over claims
 local drained = false  -- whether no due job is left in K[1]
 while n < limit and examined < limit + 1000 do
     -- At most 1,000 a read: ZREM takes them unpacked (Lua's stack is limited).
+    -- One more is read than is taken, to learn whether any is left due.
     local want = math.min(limit - n, 1000)
     local due = redis.call('ZRANGEBYSCORE', K[1], '-inf', now, 'WITHSCORES',
-        'LIMIT', 0, want)
+        'LIMIT', 0, want + 1)
     if #due == 0 then
         drained = true
         break
     end
-    -- Fewer than asked: nothing else is due once these are handled (a job set
+    -- No more than asked: nothing else is due once these are handled (a job set
     -- aside by a rate limit goes back due later, a parked one elsewhere).
-    drained = #due < 2 * want
+    drained = #due <= 2 * want
     local ids = {}
-    for i = 1, #due, 2 do
+    for i = 1, math.min(#due, 2 * want), 2 do
         ids[#ids + 1] = due[i]
     end
     redis.call('ZREM', K[1], unpack(ids))
@@ -288,7 +290,13 @@ end
 if served > 0 then
     fair('ZADD', K[10], 'GT', string.format('%d', served), 'v')
 end
-if n < limit then
+if n == limit then
+    if not drained then
+        out[1] = now  -- more jobs are due: the caller claims again at once
+    elseif known_later and later then
+        out[1] = later
+    end
+elseif n < limit then
     if not drained then
         out[1] = now  -- due jobs may be left (the examined bound was reached)
     elseif known_later then

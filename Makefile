@@ -31,7 +31,7 @@ test: $(VENV)/.installed-test  ## lint, type-check and run every test (starts it
 	$(BIN)/mypy async_endpoints
 	$(BIN)/python -m pytest
 
-bench: $(BIN)/python  ## compare with bare Flask, RQ and Celery; writes bench/results/latest.* (BENCH_ARGS=--quick for a smoke run)
+bench: $(BIN)/python  ## compare with bare Flask, RQ, Celery, Huey and Dramatiq; writes bench/results/latest.* (BENCH_ARGS=--quick for a smoke run)
 	@command -v redis-server >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	    echo "installing redis-server and wrk" && apt-get update -qq && \

@@ -195,11 +195,15 @@ class Claim:
     :param job: the job as it was claimed (status InProgress).
     :param token: the fencing token; only its holder may finish the job.
     :param lease_until: epoch seconds when the lease ends unless renewed.
+    :param provisional: recovered from a claim whose worker never showed that
+        it had the claim (no heartbeat, no end): it may never have run, so
+        recovery hands it back instead of charging an attempt.
     """
 
     job: Job
     token: str
     lease_until: float
+    provisional: bool = False
 
     @property
     def job_id(self) -> UUID:

@@ -467,10 +467,18 @@ class JobManager:
         )
 
     def wait_and_claim(
-        self, owner: str, limit: int, timeout: float, *, request_id: str | None = None
+        self,
+        owner: str,
+        limit: int,
+        timeout: float,
+        *,
+        request_id: str | None = None,
+        confirm: Sequence[Claim] = (),
+        on_sent: Callable[[], None] | None = None,
     ) -> list[Claim]:
         """Wait up to ``timeout`` seconds for work, then claim as :meth:`claim`
-        does, in one store round trip where the store can."""
+        does, in one store round trip where the store can; ``confirm``: the
+        claims the last call returned (see :meth:`JobStore.wait_and_claim`)."""
         return self.store.wait_and_claim(
             owner,
             limit=limit,
@@ -478,6 +486,8 @@ class JobManager:
             now=time.time(),
             timeout=timeout,
             request_id=request_id,
+            confirm=confirm,
+            on_sent=on_sent,
         )
 
     def sync_clock(self) -> None:
@@ -796,6 +806,11 @@ class JobManager:
             request_id=request_id,
         )
         for claim in claims:
+            if claim.provisional:
+                # Claimed behind a wait by a worker that never showed it had the
+                # reply (its host vanished meanwhile): it may never have run.
+                self.release([claim])
+                continue
             lost = _LeaseExpiredError(
                 "The worker running this job stopped renewing its lease "
                 "(the process died or hung); the attempt counts as failed."
@@ -815,6 +830,9 @@ class JobManager:
             now=time.time(),
         )
         for claim in claims:
+            if claim.provisional:  # as in recover_expired
+                self.release([claim])
+                continue
             died = _WorkerDiedError(
                 "The worker process running this job died (its gunicorn master "
                 "saw it exit); the attempt counts as failed."

@@ -80,6 +80,9 @@ class Worker:
         self._claiming = False  # the dispatcher has a claim in flight
         self._stopping = threading.Event()
         self._hurry = threading.Event()
+        # Set by a handler thread whose follow-up claim found nothing due: the
+        # dispatcher then waits for a wake-up instead of claiming in vain.
+        self._drained = False
         # Daemon threads, not a ThreadPoolExecutor: the interpreter joins an
         # executor's threads at exit, so one stuck handler would keep a gunicorn
         # worker (or the CLI worker) alive past its shutdown grace period.
@@ -160,16 +163,12 @@ class Worker:
         self.manager.callbacks_due.set()  # the delivery thread sees the stop
         if not self._started:
             return
-        try:
-            # The dispatcher's wait ends now, and the claim sent behind it
-            # takes nothing (stop() waits for a claim in flight).
-            self.manager.store.stop_waiting(self.owner)
-        except StoreError:
-            logger.warning(
-                "could not end the worker's wait for work; it ends within "
-                "POLL_INTERVAL_SECONDS",
-                exc_info=True,
-            )
+        # The dispatcher's wait ends now, and the claim sent behind it takes
+        # nothing (stop() waits for a claim in flight). On a thread of its own:
+        # a store that does not answer must not eat into the grace period.
+        threading.Thread(
+            target=self._stop_waiting, name=f"{self._name}-stop", daemon=True
+        ).start()
         atexit.unregister(self._at_exit)
         deadline = time.monotonic() + grace
         with self._lock:
@@ -219,6 +218,16 @@ class Worker:
         except Exception:
             logger.warning("could not unregister worker %s", self.owner, exc_info=True)
 
+    def _stop_waiting(self) -> None:
+        try:
+            self.manager.store.stop_waiting(self.owner)
+        except StoreError:
+            logger.warning(
+                "could not end the worker's wait for work; it ends within "
+                "POLL_INTERVAL_SECONDS",
+                exc_info=True,
+            )
+
     def _at_exit(self) -> None:
         if self.pid == os.getpid():  # not in a forked child that inherited it
             self.stop(grace=0)
@@ -230,12 +239,16 @@ class Worker:
 
     # -- threads -----------------------------------------------------------------
 
-    def _free_slots(self) -> int:
-        """Free handler threads, once there is one."""
+    def _free_slots(self) -> tuple[int, bool]:
+        """Free handler threads, once there is one; and whether the thread that
+        freed it found nothing due (then a claim now would come back empty)."""
         with self._lock:
+            waited = False
             while len(self._runs) >= self._concurrency and not self._stopping.is_set():
+                waited = True
                 self._slot_free.wait(1.0)
-            return self._concurrency - len(self._runs)
+            drained, self._drained = waited and self._drained, False
+            return self._concurrency - len(self._runs), drained
 
     def _dispatch(self) -> None:
         failures = 0
@@ -245,25 +258,59 @@ class Worker:
         request_until = 0.0
         lease = self.manager.settings.claim_timeout_seconds
         poll = self.manager.settings.poll_interval_seconds
+        # Whether the next claim waits first: the last one got fewer jobs than
+        # asked (none is due), or came from a wait (a job that came alone).
+        short = False
+        # Jobs claimed behind a wait are provisional until this process is heard
+        # from (see RedisStore.wait_and_claim): they start once the write of the
+        # next wait, which confirms them, is out; so a run never starts
+        # unconfirmed, and the confirmation costs no round trip of its own.
+        pending: list[_Run] = []
+
+        def start_pending() -> None:
+            runs, pending[:] = list(pending), []
+            for run in runs:
+                self._queue.put(run)
+
         while not self._stopping.is_set():
-            free = self._free_slots()
+            free, drained = self._free_slots()
             if self._stopping.is_set():
                 break
             try:
-                if request is None or time.monotonic() > request_until:
+                resend = request is not None and time.monotonic() <= request_until
+                if not resend:
                     request = uuid.uuid4().hex
                     # Sent again (its leases renewed) while they last.
                     request_until = time.monotonic() + 0.8 * lease
                 with self._lock:
                     self._claiming = True
-                # Claims at once while jobs are due; else waits for a wake-up (or
-                # a known job falling due, or the poll interval) with the claim
-                # sent behind the wait, in one round trip. stop() ends the wait.
-                claims = self.manager.wait_and_claim(
-                    self.owner, free, poll, request_id=request
-                )
+                waits = (drained or short) and not resend
+                if waits:
+                    # A wait for a wake-up (or a known job falling due, or the
+                    # poll interval) with the claim sent behind it, in one round
+                    # trip; at once if the last claim said more jobs are due.
+                    # stop() ends the wait.
+                    try:
+                        claims = self.manager.wait_and_claim(
+                            self.owner,
+                            free,
+                            poll,
+                            request_id=request,
+                            confirm=[run.claim for run in pending],
+                            on_sent=start_pending,
+                        )
+                    finally:
+                        start_pending()  # if the write was never made
+                else:
+                    if pending:
+                        self._confirm([run.claim for run in pending])
+                        start_pending()
+                    # Jobs are due, or a claim's reply was lost: at once (jobs
+                    # claimed by a lost reply get no heartbeat until they are here).
+                    claims = self.manager.claim(self.owner, free, request_id=request)
                 request = None
                 failures = 0  # answered: the store is reachable
+                short = waits or len(claims) < free
                 if not claims:
                     with self._lock:
                         self._claiming = False
@@ -298,14 +345,29 @@ class Worker:
                     self._claiming = False
                     self._slot_free.notify_all()
                 break
+            if waits and len(claims) < free:
+                pending[:] = runs  # confirmed by the next wait, sent at once
+                continue
+            if waits:
+                self._confirm(claims)  # no slot left for a wait: confirmed first
             for run in runs:
                 self._queue.put(run)
+        start_pending()  # stopped: stop() hands them back
 
     def _backoff(self, failures: int) -> float:
         """The pause after ``failures`` store errors in a row: exponential, but
         never longer than a third of the lease, so that after an outage work
         resumes while leases taken before it may still be renewed."""
         return min(_backoff(failures), self.manager.settings.claim_timeout_seconds / 3)
+
+    def _confirm(self, claims: list[Claim]) -> None:
+        """Tell the store this process has ``claims`` (a heartbeat); if it
+        cannot be reached, the heartbeat thread does it within a third of
+        the lease."""
+        try:
+            self.manager.heartbeat(claims)
+        except StoreError:
+            logger.warning("could not confirm %d claim(s)", len(claims), exc_info=True)
 
     def _release_quietly(self, claims: list[Claim]) -> None:
         try:
@@ -358,6 +420,7 @@ class Worker:
             self._release_quietly(claims)
         with self._lock:
             self._runs.pop(run.claim.token, None)
+            self._drained = claims == []  # a follow-up claim found nothing due
             self._slot_free.notify_all()
         return None
 

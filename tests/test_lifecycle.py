@@ -285,6 +285,63 @@ def test_expired_lease_is_recovered_as_a_failed_attempt(
     assert runs == [2]
 
 
+def _lost_claim_behind_a_wait(
+    app: Flask, ae: AsyncEndpoints, runs: list[int]
+) -> tuple[str, object]:
+    """A job, and the claim a worker made of it behind its wait (Redis ran the
+    claim queued behind the BLPOP) and never read: its host vanished."""
+
+    @ae.post("/work", name="Work")
+    def work(ctx: AsyncContext) -> int:
+        runs.append(ctx.attempt)
+        return ctx.attempt
+
+    state = ae._state()
+    job = ae.submit("Work")
+    (claim,) = state.manager.wait_and_claim("vanished-host", 10, 1.0)
+    return str(job.id), claim
+
+
+@pytest.mark.parametrize("store_kind", ["fakeredis"])
+def test_a_claim_behind_a_wait_that_nobody_read_is_handed_back_uncharged(
+    app: Flask, ae: AsyncEndpoints, frozen: FrozenDateTimeFactory
+) -> None:
+    """DESIGN: a claim whose reply was lost is never charged an attempt."""
+    runs: list[int] = []
+    with app.app_context():
+        job_id, _ = _lost_claim_behind_a_wait(app, ae, runs)
+        frozen.tick(31)  # lease (30 s) over: the sweep hands it back, then it runs
+        assert ae.run_due_jobs() == 1
+        done = ae.get_job(job_id)
+    assert runs == [1]
+    assert done is not None
+    assert done.status is JobStatus.COMPLETED
+    assert done.error is None
+
+
+@pytest.mark.parametrize("store_kind", ["fakeredis"])
+def test_a_claim_behind_a_wait_confirmed_by_a_heartbeat_counts_an_attempt(
+    app: Flask, ae: AsyncEndpoints, frozen: FrozenDateTimeFactory
+) -> None:
+    """Once its worker renewed the lease, the claim is its: a recovery after
+    that is a failed attempt, as for any claim."""
+    runs: list[int] = []
+    with app.app_context():
+        job_id, claim = _lost_claim_behind_a_wait(app, ae, runs)
+        frozen.tick(10)
+        ae._state().manager.heartbeat([claim])  # type: ignore[list-item]
+        frozen.tick(31)
+        assert ae.run_due_jobs() == 0  # failed (LeaseExpired), retried later
+        lost = ae.get_job(job_id)
+        assert lost is not None
+        assert lost.status is JobStatus.SCHEDULED
+        assert lost.error is not None
+        assert lost.error.type == "LeaseExpired"
+        frozen.tick(5)
+        assert ae.run_due_jobs() == 1
+    assert runs == [2]
+
+
 def test_progress_is_reported(app: Flask, ae: AsyncEndpoints) -> None:
     @ae.post("/steps", name="Steps")
     def steps(ctx: AsyncContext) -> None:

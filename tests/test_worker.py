@@ -588,3 +588,45 @@ def test_a_run_waits_a_moment_for_its_handler_to_be_registered() -> None:
     assert done is not None
     assert done.status is JobStatus.COMPLETED
     assert done.result == "ran"
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_job_claimed_behind_a_wait_starts_only_once_confirmed(
+    concurrency: int,
+) -> None:
+    """A claim made behind a wait is provisional (its recovery would hand the
+    job back uncharged) until the worker is heard from: no run may start
+    before the write that confirms it has left (with the next wait, or on its
+    own when no slot is left for one)."""
+    import fakeredis
+
+    from async_endpoints.stores.redis import RedisStore
+    from async_endpoints.worker import Worker
+
+    client = fakeredis.FakeRedis()
+    app = Flask(__name__)
+    app.config.update(
+        ASYNC_ENDPOINTS_MAX_CONCURRENCY=concurrency,
+        ASYNC_ENDPOINTS_START_WORKER=False,
+    )
+    ae = AsyncEndpoints(app, store=RedisStore(client, prefix="confirm"))
+    seen: list[object] = []
+
+    @ae.post("/look", name="Look")
+    def look(ctx: AsyncContext) -> None:
+        # The confirmation was written before this run started (fakeredis
+        # applies a write as it is made).
+        seen.append(client.hget(f"{{confirm}}:job:{ctx.job_id}", "pv"))
+
+    worker = Worker(ae._states[app].manager)
+    worker.start()
+    try:
+        time.sleep(0.3)  # idle: the worker waits, a claim behind its wait
+        ids = []
+        for _ in range(3):
+            with app.app_context():
+                ids.append(ae.submit("Look", {}).id)
+            wait_until(lambda: len(seen) == len(ids), 10, "the job to run")
+    finally:
+        worker.stop(grace=5)
+    assert seen == [None, None, None]

@@ -67,7 +67,7 @@ offset to the store's clock, a constant within a process.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 from uuid import UUID
 
@@ -399,11 +399,18 @@ class JobStore(Protocol):
         now: float,
         timeout: float,
         request_id: str | None = None,
+        confirm: Sequence[Claim] = (),
+        on_sent: Callable[[], None] | None = None,
     ) -> list[Claim]:
         """:meth:`wait_for_work` for up to ``timeout`` seconds, then
         :meth:`claim` as of the wait's end (``now`` is when the wait began):
         in one round trip where the store can, so that an idle worker takes a
-        new job as soon as it is submitted. Every wait claims, woken or not."""
+        new job as soon as it is submitted. Every wait claims, woken or not.
+        ``confirm``: claims this worker has (those the last call returned),
+        renewed first, as :meth:`heartbeat` does: a store whose claims behind
+        a wait are provisional until their worker is heard from needs it.
+        ``on_sent`` is called (once, whatever happens) when that renewal is on
+        its way, before the wait: the caller starts those jobs then."""
         ...
 
     def stop_waiting(self, owner: str) -> None:

@@ -8,7 +8,7 @@ import heapq
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from uuid import UUID
 
 from async_endpoints.errors import (
@@ -960,8 +960,13 @@ class MemoryStore:
         now: float,
         timeout: float,
         request_id: str | None = None,
+        confirm: Sequence[Claim] = (),
+        on_sent: Callable[[], None] | None = None,
     ) -> list[Claim]:
-        """See :meth:`JobStore.wait_and_claim` (a wait, then a claim)."""
+        """See :meth:`JobStore.wait_and_claim` (a wait, then a claim; in one
+        process, a claim is never provisional: ``confirm`` is not needed)."""
+        if on_sent is not None:
+            on_sent()
         started = time.monotonic()
         if owner not in self._stopped_workers:
             self.wait_for_work(timeout)

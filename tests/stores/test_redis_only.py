@@ -798,7 +798,7 @@ def _grouped_behind_a_claim(
     def run(n: int, call: Callable[[], object]) -> None:
         try:
             outcomes[n] = call()
-        except Exception as exc:
+        except BaseException as exc:  # an interrupt too: see the test of it
             outcomes[n] = exc
 
     def claim() -> None:
@@ -894,3 +894,99 @@ def test_a_grouped_pipeline_that_cannot_reach_redis_fails_every_call() -> None:
     )
     assert isinstance(outcomes[0], StoreUnavailableError)
     assert isinstance(outcomes[1], StoreUnavailableError)
+
+
+def test_grouped_calls_of_two_scripts_and_of_one_get_their_own_replies() -> None:
+    client = fakeredis.FakeRedis()
+    store = RedisStore(client, prefix="group")
+    first, second = _claimed_jobs(store, 2)
+    waiting = {submit(store, now=time.time() + 2 + n / 1000) for n in range(2)}
+    sizes = _count_pipelines(client)
+    leaders, outcomes = _grouped_behind_a_claim(
+        store,
+        [
+            functools.partial(
+                store.complete_and_claim,
+                first,
+                "ok",
+                ttl=60,
+                owner="w1",
+                limit=1,
+                lease=LEASE,
+                now=time.time() + 3,
+            ),
+            functools.partial(store.complete, second, "ok", ttl=60, now=time.time()),
+        ],
+    )
+    assert sizes == [3]
+    done, claims = outcomes[0]  # type: ignore[misc]
+    assert done is True
+    assert {c.job_id for c in [*leaders, *claims]} == waiting
+    assert outcomes[1] is True
+
+
+def test_an_interrupted_leader_leaves_the_others_an_unknown_outcome() -> None:
+    client = fakeredis.FakeRedis()
+    store = RedisStore(client, prefix="group")
+    held = _claimed_jobs(store, 2)
+    make = client.pipeline
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        pipe = make(*args, **kwargs)
+
+        def execute(*a: Any, **k: Any) -> Any:
+            raise KeyboardInterrupt
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+    client.pipeline = interrupted  # type: ignore[method-assign]
+    # Both completions queue behind the held claim; the first of them leads
+    # their pipeline, whose thread is interrupted (Ctrl-C in the main thread).
+    _, outcomes = _grouped_behind_a_claim(
+        store,
+        [
+            functools.partial(store.complete, claim, "ok", ttl=60, now=time.time())
+            for claim in held
+        ],
+    )
+    kinds = sorted(type(outcomes[n]).__name__ for n in (0, 1))
+    assert kinds == ["KeyboardInterrupt", "StoreUnavailableError"]
+
+
+def test_a_forked_child_does_not_wait_for_its_parents_pipeline() -> None:
+    client = fakeredis.FakeRedis()
+    store = RedisStore(client, prefix="group")
+    (claim,) = _claimed_jobs(store, 1)
+    # As a child forked while the parent had a pipeline in flight sees it.
+    store._group_busy = True
+    store._group_pid = -1
+    assert store.complete(claim, "ok", ttl=60, now=time.time()) is True
+    assert not store._group_busy
+
+
+@pytest.mark.redis
+def test_a_claim_behind_a_wait_leases_from_the_end_of_the_wait(
+    real_store: RedisStore, real_client: redis.Redis
+) -> None:
+    real_store.wait_for_work(0.01)  # drop any earlier wake-up
+    claimed: list[Claim] = []
+
+    def waiter() -> None:
+        claimed.extend(
+            real_store.wait_and_claim(
+                "w1", limit=1, lease=LEASE, now=time.time(), timeout=20
+            )
+        )
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.5)
+    submitted = time.time()
+    job_id = submit(real_store, now=submitted)
+    thread.join(timeout=10)
+    assert [c.job_id for c in claimed] == [job_id]
+    ends = real_client.zscore("{only}:claimed", str(job_id))
+    assert ends is not None
+    # Lease end on Redis's clock; the two clocks of one host agree here.
+    assert ends >= submitted + LEASE - 0.1

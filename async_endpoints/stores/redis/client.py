@@ -4,6 +4,7 @@ script calls."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -148,9 +149,11 @@ class _Connection:
         self._closed = threading.Event()
         self._blocked: set[_BlockingConnection] = set()
         self._stopped_workers: set[str] = set()  # see stop_waiting
+        self._before_failed = False  # see _wait_for_work
         self._group_lock = threading.Lock()
         self._group: list[_Grouped] = []  # waiting for the pipeline in flight
         self._group_busy = False  # a pipeline of grouped calls is in flight
+        self._group_pid = os.getpid()  # whose calls these are (see _grouped)
         self._cancel_lock = threading.Lock()
         self._cancel_pubsub: Any = None
         self._translated = _Translated(self)
@@ -361,15 +364,21 @@ class _Connection:
             client = self._redis()
         if isinstance(client, redis.cluster.RedisCluster):
             return [self._call(name, keys, args) for name, keys, args in calls]
+        if self._group_pid != os.getpid():
+            self._reset_group()  # forked: what was in flight belongs to the parent
         mine = _Grouped(calls)
         with self._group_lock:
             self._group.append(mine)
             lead = not self._group_busy
             self._group_busy = True
         if not lead:
-            mine.done.acquire()
+            try:
+                mine.done.acquire()
+            except BaseException:
+                self._abandon(mine)
+                raise
         if mine.lead or lead:
-            self._send_group(client)
+            self._send_group(client, mine)
         if mine.error is not None:
             raise mine.error
         replies: list[_Reply] = []
@@ -383,9 +392,29 @@ class _Connection:
             replies.append(_plain(reply))
         return replies
 
-    def _send_group(self, client: _Client) -> None:
-        """Send every grouped call waiting, as the group's leader; then make
-        the first call that came in meanwhile the next leader."""
+    def _reset_group(self) -> None:
+        self._group_lock = threading.Lock()
+        self._group = []
+        self._group_busy = False
+        self._group_pid = os.getpid()
+
+    def _abandon(self, mine: _Grouped) -> None:
+        """A waiting call given up (its thread was interrupted): it leaves the
+        queue, and a leader's turn handed to it passes on."""
+        with self._group_lock:
+            if mine in self._group:
+                self._group.remove(mine)
+                if mine.lead:
+                    if self._group:
+                        self._group[0].lead = True
+                        self._group[0].done.release()
+                    else:
+                        self._group_busy = False
+
+    def _send_group(self, client: _Client, mine: _Grouped) -> None:
+        """Send every grouped call waiting, as the group's leader (``mine`` is
+        the leader's own); then make the first call that came in meanwhile the
+        next leader."""
         with self._group_lock:
             group, self._group = self._group, []
         try:
@@ -406,8 +435,17 @@ class _Connection:
                 grouped.replies = raw[at : at + len(grouped.calls)]
                 at += len(grouped.calls)
         except BaseException as exc:
+            # An interrupt of the leader's thread (KeyboardInterrupt) is its own:
+            # the others learn that their calls may or may not have run.
+            unknown = exc
+            if not isinstance(exc, Exception):
+                unknown = StoreUnavailableError(
+                    "The call went out with another thread's, which was "
+                    "interrupted before the reply was read; it may have run."
+                )
+                unknown.__cause__ = exc
             for grouped in group:
-                grouped.error = exc
+                grouped.error = exc if grouped is mine else unknown
         finally:
             with self._group_lock:
                 if self._group:

@@ -203,8 +203,26 @@ def _decode_claims(
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             unreadable.append((job_id, token, exc))
             continue
-        claims.append(Claim(job=job, token=token, lease_until=lease_until))
+        claims.append(
+            Claim(
+                job=job,
+                token=token,
+                lease_until=lease_until,
+                provisional=_provisional(items[i + 2], token),
+            )
+        )
     return claims, unreadable
+
+
+def _provisional(fields: _Reply, token: str) -> bool:
+    """Whether a claimed hash (HGETALL-style) marks the claim ``token`` as
+    provisional (field ``pv``: see claim.lua)."""
+    if not isinstance(fields, list):
+        return False
+    for i in range(len(fields) - 2, -1, -2):  # pv is written last: look there first
+        if fields[i] == "pv":
+            return fields[i + 1] == token
+    return False
 
 
 def _lease_ms(lease: float) -> str:

@@ -193,12 +193,7 @@ class _Leases(_Clock):
         """
         if not claims:
             return HeartbeatResult(held=frozenset())
-        keys = [self._keys.claimed] + [self._keys.job(c.job_id) for c in claims]
-        server = self._server(now)
-        args = [_num(server + lease)]
-        for c in claims:
-            args += [str(c.job_id), c.token]
-        args += [_num(server), _num(self._sent_at())]
+        keys, args = self._heartbeat_call(claims, lease, now)
         codes = _list(self._call("heartbeat", keys, args))
         held = {c.job_id for c, code in zip(claims, codes, strict=True) if code}
         canceling = {
@@ -210,6 +205,17 @@ class _Leases(_Clock):
             cancel_requested=frozenset(canceling),
             held_tokens=frozenset(tokens),
         )
+
+    def _heartbeat_call(
+        self, claims: Sequence[Claim], lease: float, now: float
+    ) -> tuple[list[str], list[str]]:
+        keys = [self._keys.claimed] + [self._keys.job(c.job_id) for c in claims]
+        server = self._server(now)
+        args = [_num(server + lease)]
+        for c in claims:
+            args += [str(c.job_id), c.token]
+        args += [_num(server), _num(self._sent_at())]
+        return keys, args
 
     def release(self, claims: Sequence[Claim], *, ttl: float, now: float) -> None:
         """Hand claimed jobs back as Queued, due at ``now``, counting no attempt

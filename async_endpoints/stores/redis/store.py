@@ -8,6 +8,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable, Sequence
 
 import redis
 import redis.backoff
@@ -23,6 +24,7 @@ from async_endpoints.errors import (
     JobNotFoundError,
     OwnerQuotaError,
     QueueFullError,
+    StoreUnavailableError,
 )
 from async_endpoints.jobs import (
     Claim,
@@ -303,6 +305,8 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
         now: float,
         timeout: float,
         request_id: str | None = None,
+        confirm: Sequence[Claim] = (),
+        on_sent: Callable[[], None] | None = None,
     ) -> list[Claim]:
         """:meth:`wait_for_work`, then :meth:`claim`, in one round trip: the
         claim is sent behind the ``BLPOP`` and Redis runs it the moment the
@@ -312,43 +316,73 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
         last claim left jobs due, it claims at once, without a wait. After
         :meth:`stop_waiting` for ``owner``, it claims nothing.
 
+        A job claimed behind a wait is provisional until its worker shows it
+        has the claim: ``confirm`` (the claims the last call returned) renews
+        their leases in the same write, ahead of the wait, which does so;
+        ``on_sent`` is called once that write is out (start those jobs then).
+
         :raises StoreUnavailableError: Redis cannot be reached (the claim may
             have run: send it again with the same ``request_id``).
         """
         if owner in self._stopped_workers:
+            if on_sent is not None:
+                on_sent()
             return []
+        with self._translate_errors():
+            client = self._redis()
+        cluster = isinstance(client, redis.cluster.RedisCluster)
         next_due = self._next_due
-        if next_due is not None and next_due <= now:
-            # The last claim left jobs due (or one has fallen due): no wait.
-            self._next_due = None
+        due_now = next_due is not None and next_due <= now
+        if due_now or cluster or limit <= 0:
+            try:
+                if confirm:
+                    self.heartbeat(confirm, lease=lease, now=now)
+            finally:
+                if on_sent is not None:
+                    on_sent()
+            if due_now:  # the last claim left jobs due: no wait
+                self._next_due = None
+            else:  # a Cluster: the wait, then the claim
+                started = time.monotonic()
+                self._wait_for_work(timeout, worker=owner)
+                now += time.monotonic() - started
+                if owner in self._stopped_workers:
+                    return []
             return self.claim(
                 owner, limit=limit, lease=lease, now=now, request_id=request_id
             )
-        with self._translate_errors():
-            client = self._redis()
-        if limit <= 0 or isinstance(client, redis.cluster.RedisCluster):
-            started = time.monotonic()
-            self._wait_for_work(timeout, worker=owner)
-            if owner in self._stopped_workers:
-                return []
-            return self.claim(
-                owner,
-                limit=limit,
-                lease=lease,
-                now=now + time.monotonic() - started,
-                request_id=request_id,
-            )
         keys, args = self._claim_call(owner, limit, lease, now, request_id)
         script = self._scripts["claim"]
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args, "1")
+        waited = [*args, "1", _num(self._sent_at())]
+        command = ("EVALSHA", script.sha, len(keys), *keys, *waited)
+        before = None
+        if confirm:
+            beat_keys, beat_args = self._heartbeat_call(confirm, lease, now)
+            before = (
+                "EVALSHA",
+                self._scripts["heartbeat"].sha,
+                len(beat_keys),
+                *beat_keys,
+                *beat_args,
+            )
         started = time.monotonic()
-        _, reply = self._wait_for_work(timeout, then=command, worker=owner)
+        self._before_failed = False
+        _, reply = self._wait_for_work(
+            timeout, then=command, worker=owner, before=before, on_sent=on_sent
+        )
+        if self._before_failed:  # NOSCRIPT: run it on its own, which loads it
+            self.heartbeat(confirm, lease=lease, now=now)
         if reply is None:  # closed before or during the wait
+            if self._closed.is_set():
+                raise StoreUnavailableError(
+                    "The store was closed during a wait; the claim sent behind it "
+                    "may have run (send it again with the same request id)."
+                )
             return []
         if isinstance(reply, redis.exceptions.NoScriptError):
             # Not run (a first use, a flush, a failover): run it on its own,
             # which loads it (its instants moved on the same way).
-            reply = self._call("claim", keys, [*args, "1"])
+            reply = self._call("claim", keys, waited)
         elif isinstance(reply, Exception):
             with self._translate_errors():
                 raise reply

@@ -10,6 +10,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from typing import (
     Any,
     Final,
@@ -83,17 +84,24 @@ class _Waits(_Connection):
         timeout: float,
         then: tuple[Any, ...] | None = None,
         worker: str | None = None,
+        before: tuple[Any, ...] | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> tuple[bool, object]:
         """:meth:`wait_for_work`; with ``then``, a command sent in the same
         round trip behind the ``BLPOP`` (Redis runs it when the wait ends);
         with ``worker``, the wait also ends when that worker stops
-        (:meth:`stop_waiting`).
+        (:meth:`stop_waiting`); ``before``, a command sent in the same write
+        ahead of the ``BLPOP`` (its reply is read and dropped; a NOSCRIPT
+        error sets ``_before_failed``); ``on_sent`` is called once the write
+        is out (or when none was made), before the wait.
 
         :returns: whether woken, and ``then``'s reply (``None`` without it, or
             when the store was closed before the wait began); an error reply
             is returned, not raised.
         """
         if self._closed.is_set():
+            if on_sent is not None:
+                on_sent()
             return True, None
         seconds = timeout
         next_due = self._next_due
@@ -123,16 +131,34 @@ class _Waits(_Connection):
                 self._blocked.add(connection)
             if self._closed.is_set():
                 return True, None
+            # The worker's own list first: a stop does not take a wake-up meant
+            # for a job.
             lists = [self._keys.wake]
             if worker is not None:
-                lists.append(self._keys.stop_wake(worker))
+                lists.insert(0, self._keys.stop_wake(worker))
             with self._translate_errors():
-                if then is None:
+                if then is None and before is None:
                     connection.send_command("BLPOP", *lists, seconds)
                 else:
-                    connection.send_packed_command(
-                        connection.pack_commands([("BLPOP", *lists, seconds), then])
-                    )
+                    commands: list[tuple[Any, ...]] = [("BLPOP", *lists, seconds)]
+                    if before is not None:
+                        commands.insert(0, before)
+                    if then is not None:
+                        commands.append(then)
+                    connection.send_packed_command(connection.pack_commands(commands))
+                if on_sent is not None:
+                    sent: Callable[[], None] = on_sent
+                    on_sent = None
+                    sent()
+                if before is not None:
+                    if not connection.can_read(timeout=_REPLY_GRACE):
+                        raise redis.TimeoutError(
+                            f"no reply within {_REPLY_GRACE:.1f} s"
+                        )
+                    try:
+                        connection.read_response()
+                    except redis.exceptions.ResponseError:
+                        self._before_failed = True
                 # Our own bound, whatever the client's socket timeout (a client
                 # passed in may have none): a black hole does not hold us.
                 if not connection.can_read(timeout=seconds + _REPLY_GRACE):
@@ -159,6 +185,8 @@ class _Waits(_Connection):
             with self._lock:
                 self._blocked.discard(connection)
             pool.release(connection)
+            if on_sent is not None:  # the write was never made
+                on_sent()
         return woken, reply
 
     def _wake_pool(self) -> Any:

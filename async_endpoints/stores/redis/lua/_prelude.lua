@@ -34,9 +34,17 @@ end
 
 -- Lease the running job `id` (hash `key`) anew, to `worker` under `token`,
 -- until `lease_end` in the leases zset `leases`; its id, token and hash
--- (HGETALL-style) are appended to `out`, as the recovering scripts reply.
+-- (HGETALL-style) are appended to `out`, as the recovering scripts reply. A
+-- claim still provisional (field pv = its token: taken behind a wait, and its
+-- worker never said it had the reply) stays so under the new token, so that
+-- the caller hands the job back rather than charge it an attempt.
 local function relet(out, key, id, token, worker, leases, lease_end)
-    redis.call('HSET', key, 't', token, 'w', worker)
+    local was = redis.call('HMGET', key, 't', 'pv')
+    if was[2] and was[2] == was[1] then
+        redis.call('HSET', key, 't', token, 'w', worker, 'pv', token)
+    else
+        redis.call('HSET', key, 't', token, 'w', worker)
+    end
     redis.call('ZADD', leases, lease_end, id)
     out[#out + 1] = id
     out[#out + 1] = token

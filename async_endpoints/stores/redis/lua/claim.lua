@@ -54,8 +54,15 @@
 -- ARGV[8]  '1' when the call was sent behind a BLPOP on the wake-up list, in
 --          one round trip (wait_and_claim): it runs when the wait ends, so
 --          ARGV[1], ARGV[3] and ARGV[6] are moved on by the time that passed
---          since ARGV[1] on Redis's clock (TIME), and nothing is claimed if
---          the worker stopped meanwhile (see below); else ''
+--          since it was sent (ARGV[9], on Redis's clock, read from the real
+--          wall clock, which tests do not freeze), and nothing is claimed if
+--          the worker stopped meanwhile (see below); else ''. A job claimed
+--          behind a wait is provisional (field pv = its token) until its
+--          worker's first heartbeat or its end: if the worker's host vanished
+--          during the wait, nobody read the reply, and a recovery hands the
+--          job back instead of charging it an attempt.
+-- ARGV[9]  when the call was sent, on Redis's clock from the real wall clock
+--          (with ARGV[8] only)
 -- The events channel {prefix}:events (a channel, not a key): a claimed job that
 -- somebody follows (field ev) is PUBLISHed there as JSON [id, its hash
 -- HGETALL-style].
@@ -79,12 +86,13 @@ local K = {P .. 'ready', P .. 'claimed', P .. 'job:', P .. 'req:' .. ARGV[4],
 -- stop_waiting) claims nothing.
 local out_none = {''}
 local now, lease_end, stamp = ARGV[1], ARGV[3], ARGV[6]
-if ARGV[8] == '1' then
+local behind_wait = ARGV[8] == '1'
+if behind_wait then
     if redis.call('EXISTS', P .. 'stopped:' .. ARGV[5]) == 1 then
         return out_none  -- the worker stopped during the wait
     end
     local t = redis.call('TIME')
-    local late = tonumber(t[1]) + tonumber(t[2]) / 1e6 - tonumber(now)
+    local late = tonumber(t[1]) + tonumber(t[2]) / 1e6 - tonumber(ARGV[9])
     if late > 0 then
         now = string.format('%.6f', tonumber(now) + late)
         lease_end = string.format('%.6f', tonumber(lease_end) + late)
@@ -252,8 +260,13 @@ while n < limit and examined < limit + 1000 do
             n = n + 1
             local token = ARGV[4] .. ':' .. n
             -- d (the due time) stays: it means nothing once the job is not waiting.
-            redis.call('HSET', key, 's', 'InProgress', 'b', stamp, 'u', stamp,
-                't', token, 'w', ARGV[5], 'v', (tonumber(version) or 0) + 1)
+            local set = {'s', 'InProgress', 'b', stamp, 'u', stamp, 't', token,
+                'w', ARGV[5], 'v', (tonumber(version) or 0) + 1}
+            if behind_wait then
+                set[#set + 1] = 'pv'
+                set[#set + 1] = token
+            end
+            redis.call('HSET', key, unpack(set))
             if watched then
                 redis.call('PUBLISH', P .. 'events',
                     cjson.encode({id, redis.call('HGETALL', key)}))

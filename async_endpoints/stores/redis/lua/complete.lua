@@ -63,7 +63,7 @@ end
 local status = held[3] and 'Canceled' or 'Completed'
 local stored = status == 'Completed' and ARGV[4] ~= ''
 -- u (last updated) goes: a finished job's is its end, e (one field less to keep).
-redis.call('HDEL', K[1], 'r', 'x', 't', 'w', 'd', 'hb', 'u')
+redis.call('HDEL', K[1], 'r', 'x', 't', 'w', 'd', 'hb', 'u', 'pv')
 local fields = {'s', status, 'e', ARGV[3],
     'lt', 'c' .. string.sub(ARGV[2], 1, 8), 'v', (tonumber(held[5]) or 0) + 1}
 if stored then

@@ -56,7 +56,7 @@ if held[10] then  -- a slot of a limited handler frees: one parked job back
     free_slot(KEYS[9], KEYS[10], held[11], KEYS[2], KEYS[4])
 end
 
-redis.call('HDEL', KEYS[1], 't', 'w', 'hb')
+redis.call('HDEL', KEYS[1], 't', 'w', 'hb', 'pv')
 redis.call('HSET', KEYS[1], 'lt', 'f' .. string.sub(ARGV[2], 1, 8),
     'v', (tonumber(held[5]) or 0) + 1)
 if held[3] or ARGV[5] == '' then

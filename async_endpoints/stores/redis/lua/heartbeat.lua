@@ -13,6 +13,8 @@
 -- ARGV[2i]     the i-th claim's job id
 -- ARGV[2i+1]   the i-th claim's token
 --
+-- A renewed job's field pv (a provisional claim: see claim.lua) is removed.
+--
 -- Returns one integer per claim, in order: 0 = lost (token or status no longer
 -- match), 1 = renewed, 2 = renewed and its cancellation was requested.
 
@@ -25,10 +27,13 @@ if late > 0.5 then  -- not a round trip's worth: held up
 end
 for i = 2, #KEYS do
     local id, token = ARGV[2 * (i - 1)], ARGV[2 * (i - 1) + 1]
-    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k')
+    local held = redis.call('HMGET', KEYS[i], 's', 't', 'k', 'pv')
     local ends = tonumber(redis.call('ZSCORE', KEYS[1], id) or '0')
     if held[1] == 'InProgress' and held[2] == token and ends > now then
         redis.call('ZADD', KEYS[1], ARGV[1], id)
+        if held[4] then  -- its worker has the claim: no longer provisional
+            redis.call('HDEL', KEYS[i], 'pv')
+        end
         out[#out + 1] = held[3] and 2 or 1
     else
         out[#out + 1] = 0

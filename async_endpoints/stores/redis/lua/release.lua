@@ -47,7 +47,7 @@ for i = 12, #KEYS do
     local held = redis.call('HMGET', KEYS[i], 's', 't', 'k', 'v', 'ev', 'cu', 'c', 'o',
         'cc', 'n', 'lp')
     if held[1] == 'InProgress' and held[2] == token then
-        redis.call('HDEL', KEYS[i], 't', 'w', 'u')  -- u: set again below, or e
+        redis.call('HDEL', KEYS[i], 't', 'w', 'u', 'pv')  -- u: set again below, or e
         local version = (tonumber(held[4]) or 0) + 1
         redis.call('ZREM', KEYS[2], id)
         if held[9] then  -- a slot of a limited handler frees: one parked job back

@@ -266,6 +266,7 @@ class Worker:
         # next wait, which confirms them, is out; so a run never starts
         # unconfirmed, and the confirmation costs no round trip of its own.
         pending: list[_Run] = []
+        waited = False  # the claim in flight (or lost) was sent behind a wait
 
         def start_pending() -> None:
             runs, pending[:] = list(pending), []
@@ -285,6 +286,8 @@ class Worker:
                 with self._lock:
                     self._claiming = True
                 waits = (drained or short) and not resend
+                if not resend:
+                    waited = waits
                 if waits:
                     # A wait for a wake-up (or a known job falling due, or the
                     # poll interval) with the claim sent behind it, in one round
@@ -300,7 +303,10 @@ class Worker:
                             on_sent=start_pending,
                         )
                     finally:
-                        start_pending()  # if the write was never made
+                        if pending and not self._stopping.is_set():
+                            # The write was never made: confirmed on their own.
+                            self._confirm([run.claim for run in pending])
+                            start_pending()
                 else:
                     if pending:
                         self._confirm([run.claim for run in pending])
@@ -337,6 +343,7 @@ class Worker:
                     for run in runs:
                         self._runs[run.claim.token] = run
                     self._claiming = False
+                    left = self._concurrency - len(self._runs)
             if stopped:
                 # Stopped between claim and start: hand them back (stop() waits
                 # for this, as a claim is still in flight), outside the lock.
@@ -345,14 +352,22 @@ class Worker:
                     self._claiming = False
                     self._slot_free.notify_all()
                 break
-            if waits and len(claims) < free:
+            if waits and left > 0:
                 pending[:] = runs  # confirmed by the next wait, sent at once
                 continue
-            if waits:
-                self._confirm(claims)  # no slot left for a wait: confirmed first
+            if waited:
+                # No slot left for a wait, or a lost reply sent again: the
+                # claims are confirmed first.
+                self._confirm(claims)
             for run in runs:
                 self._queue.put(run)
-        start_pending()  # stopped: stop() hands them back
+        # Stopped with jobs claimed but not started: handed back (stop() hands
+        # back only what is still in _runs when its grace period ends).
+        with self._lock:
+            unstarted = [r for r in pending if self._runs.pop(r.claim.token, None)]
+            self._slot_free.notify_all()
+        if unstarted:
+            self._release_quietly([r.claim for r in unstarted])
 
     def _backoff(self, failures: int) -> float:
         """The pause after ``failures`` store errors in a row: exponential, but

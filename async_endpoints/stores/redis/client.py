@@ -114,7 +114,7 @@ class _Grouped:
     """One thread's scripts waiting to be sent with other threads' (group
     commit: see :meth:`_Connection._grouped`)."""
 
-    __slots__ = ("calls", "done", "error", "lead", "replies")
+    __slots__ = ("calls", "done", "error", "lead", "replies", "sent")
 
     def __init__(self, calls: Sequence[tuple[_ScriptName, list[str], list[str]]]):
         self.calls = calls
@@ -123,6 +123,7 @@ class _Grouped:
         self.lead = False
         self.replies: list[object] = []
         self.error: BaseException | None = None
+        self.sent = False  # taken into a pipeline by a leader
 
 
 class _Connection:
@@ -149,7 +150,6 @@ class _Connection:
         self._closed = threading.Event()
         self._blocked: set[_BlockingConnection] = set()
         self._stopped_workers: set[str] = set()  # see stop_waiting
-        self._before_failed = False  # see _wait_for_work
         self._group_lock = threading.Lock()
         self._group: list[_Grouped] = []  # waiting for the pipeline in flight
         self._group_busy = False  # a pipeline of grouped calls is in flight
@@ -371,14 +371,14 @@ class _Connection:
             self._group.append(mine)
             lead = not self._group_busy
             self._group_busy = True
-        if not lead:
-            try:
+        try:
+            if not lead:
                 mine.done.acquire()
-            except BaseException:
-                self._abandon(mine)
-                raise
-        if mine.lead or lead:
-            self._send_group(client, mine)
+            if mine.lead or lead:
+                self._send_group(client, mine)
+        except BaseException:
+            self._abandon(mine, lead)
+            raise
         if mine.error is not None:
             raise mine.error
         replies: list[_Reply] = []
@@ -398,26 +398,32 @@ class _Connection:
         self._group_busy = False
         self._group_pid = os.getpid()
 
-    def _abandon(self, mine: _Grouped) -> None:
-        """A waiting call given up (its thread was interrupted): it leaves the
-        queue, and a leader's turn handed to it passes on."""
+    def _abandon(self, mine: _Grouped, led: bool) -> None:
+        """A call given up before its pipeline went out (its thread was
+        interrupted): it leaves the queue, and the turn to send, if it had
+        it (``led``: it came first), passes on."""
         with self._group_lock:
+            if mine.sent:
+                return  # its pipeline's leader passed the turn on
             if mine in self._group:
                 self._group.remove(mine)
-                if mine.lead:
-                    if self._group:
-                        self._group[0].lead = True
-                        self._group[0].done.release()
-                    else:
-                        self._group_busy = False
+            if led or mine.lead:
+                if self._group:
+                    self._group[0].lead = True
+                    self._group[0].done.release()
+                else:
+                    self._group_busy = False
 
     def _send_group(self, client: _Client, mine: _Grouped) -> None:
         """Send every grouped call waiting, as the group's leader (``mine`` is
         the leader's own); then make the first call that came in meanwhile the
         next leader."""
-        with self._group_lock:
-            group, self._group = self._group, []
+        group: list[_Grouped] = []
         try:
+            with self._group_lock:
+                group, self._group = self._group, []
+                for grouped in group:
+                    grouped.sent = True
             sent = [call for grouped in group for call in grouped.calls]
             with self._translate_errors():
                 if len(sent) == 1:

@@ -24,6 +24,7 @@ from async_endpoints.errors import (
     JobNotFoundError,
     OwnerQuotaError,
     QueueFullError,
+    StoreError,
     StoreUnavailableError,
 )
 from async_endpoints.jobs import (
@@ -51,7 +52,7 @@ from async_endpoints.stores.redis.deliveries import _Deliveries
 from async_endpoints.stores.redis.keys import _ScriptName
 from async_endpoints.stores.redis.leases import _Leases
 from async_endpoints.stores.redis.queries import _Queries
-from async_endpoints.stores.redis.waits import _Waits
+from async_endpoints.stores.redis.waits import _BeforeUnloaded, _Waits
 
 logger = logging.getLogger(__name__)
 
@@ -366,12 +367,17 @@ class RedisStore(_Waits, _Queries, _Leases, _Deliveries):
                 *beat_args,
             )
         started = time.monotonic()
-        self._before_failed = False
         _, reply = self._wait_for_work(
             timeout, then=command, worker=owner, before=before, on_sent=on_sent
         )
-        if self._before_failed:  # NOSCRIPT: run it on its own, which loads it
-            self.heartbeat(confirm, lease=lease, now=now)
+        if isinstance(reply, _BeforeUnloaded):
+            # The confirmation was not run (NOSCRIPT): on its own, which loads
+            # it; if that fails too, the heartbeat thread renews them soon.
+            reply = reply.reply
+            try:
+                self.heartbeat(confirm, lease=lease, now=now)
+            except StoreError:
+                logger.warning("could not confirm claims", exc_info=True)
         if reply is None:  # closed before or during the wait
             if self._closed.is_set():
                 raise StoreUnavailableError(

@@ -62,6 +62,16 @@ _END_POLL: Final = 0.05
 """How often ``wait_for_end`` looks at the job, in seconds."""
 
 
+class _BeforeUnloaded:
+    """The reply of a wait's ``then``, when its ``before`` script was not
+    loaded (NOSCRIPT): the caller runs that one again on its own."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: object) -> None:
+        self.reply = reply
+
+
 class _Waits(_Connection):
     """Blocking waits on the store's Redis."""
 
@@ -91,8 +101,9 @@ class _Waits(_Connection):
         round trip behind the ``BLPOP`` (Redis runs it when the wait ends);
         with ``worker``, the wait also ends when that worker stops
         (:meth:`stop_waiting`); ``before``, a command sent in the same write
-        ahead of the ``BLPOP`` (its reply is read and dropped; a NOSCRIPT
-        error sets ``_before_failed``); ``on_sent`` is called once the write
+        ahead of the ``BLPOP`` (its reply is read and dropped; when it was a
+        script Redis did not have, ``then``'s reply comes wrapped in a
+        ``_BeforeUnloaded``); ``on_sent`` is called once the write
         is out (or when none was made), before the wait.
 
         :returns: whether woken, and ``then``'s reply (``None`` without it, or
@@ -126,6 +137,7 @@ class _Waits(_Connection):
         seconds = max(seconds, _DUE_BLOCK if due_first else _MIN_BLOCK)
         woken = True
         reply: object = None
+        before_unloaded = False
         try:
             with self._lock:
                 self._blocked.add(connection)
@@ -157,8 +169,8 @@ class _Waits(_Connection):
                         )
                     try:
                         connection.read_response()
-                    except redis.exceptions.ResponseError:
-                        self._before_failed = True
+                    except redis.exceptions.NoScriptError:
+                        before_unloaded = True
                 # Our own bound, whatever the client's socket timeout (a client
                 # passed in may have none): a black hole does not hold us.
                 if not connection.can_read(timeout=seconds + _REPLY_GRACE):
@@ -187,6 +199,8 @@ class _Waits(_Connection):
             pool.release(connection)
             if on_sent is not None:  # the write was never made
                 on_sent()
+        if before_unloaded:
+            reply = _BeforeUnloaded(reply)
         return woken, reply
 
     def _wake_pool(self) -> Any:

@@ -786,6 +786,22 @@ def _count_pipelines(client: redis.Redis) -> list[int]:
     return sizes
 
 
+def _pipelines_raise(client: redis.Redis, error: BaseException) -> None:
+    """Make every pipeline the client executes raise ``error``."""
+    make = client.pipeline
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        pipe = make(*args, **kwargs)
+
+        def execute(*a: Any, **k: Any) -> Any:
+            raise error
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+    client.pipeline = failing  # type: ignore[method-assign]
+
+
 def _grouped_behind_a_claim(
     store: RedisStore, calls: list[Callable[[], object]]
 ) -> tuple[list[Claim], dict[int, object]]:
@@ -873,18 +889,7 @@ def test_a_grouped_pipeline_that_cannot_reach_redis_fails_every_call() -> None:
     client = fakeredis.FakeRedis()
     store = RedisStore(client, prefix="group")
     held = _claimed_jobs(store, 2)
-    make = client.pipeline
-
-    def unreachable(*args: Any, **kwargs: Any) -> Any:
-        pipe = make(*args, **kwargs)
-
-        def execute(*a: Any, **k: Any) -> Any:
-            raise redis.ConnectionError("Connection reset by peer")
-
-        pipe.execute = execute  # type: ignore[method-assign]
-        return pipe
-
-    client.pipeline = unreachable  # type: ignore[method-assign]
+    _pipelines_raise(client, redis.ConnectionError("Connection reset by peer"))
     _, outcomes = _grouped_behind_a_claim(
         store,
         [
@@ -929,18 +934,7 @@ def test_an_interrupted_leader_leaves_the_others_an_unknown_outcome() -> None:
     client = fakeredis.FakeRedis()
     store = RedisStore(client, prefix="group")
     held = _claimed_jobs(store, 2)
-    make = client.pipeline
-
-    def interrupted(*args: Any, **kwargs: Any) -> Any:
-        pipe = make(*args, **kwargs)
-
-        def execute(*a: Any, **k: Any) -> Any:
-            raise KeyboardInterrupt
-
-        pipe.execute = execute  # type: ignore[method-assign]
-        return pipe
-
-    client.pipeline = interrupted  # type: ignore[method-assign]
+    _pipelines_raise(client, KeyboardInterrupt())
     # Both completions queue behind the held claim; the first of them leads
     # their pipeline, whose thread is interrupted (Ctrl-C in the main thread).
     _, outcomes = _grouped_behind_a_claim(

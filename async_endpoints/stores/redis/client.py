@@ -333,6 +333,16 @@ class _Connection:
             for name, keys, args in calls:
                 pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
             raw: list[object] = pipe.execute(raise_on_error=False)
+        return self._replies(calls, raw)
+
+    def _replies(
+        self,
+        calls: Sequence[tuple[_ScriptName, list[str], list[str]]],
+        raw: Sequence[object],
+    ) -> list[_Reply]:
+        """The replies of scripts sent in one pipeline: a script the server did
+        not have (``NOSCRIPT``) is run again on its own, which loads it; the
+        first error is raised, translated."""
         replies: list[_Reply] = []
         for (name, keys, args), reply in zip(calls, raw, strict=True):
             if isinstance(reply, redis.exceptions.NoScriptError):
@@ -381,16 +391,7 @@ class _Connection:
             raise
         if mine.error is not None:
             raise mine.error
-        replies: list[_Reply] = []
-        for (name, keys, args), reply in zip(calls, mine.replies, strict=True):
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                replies.append(self._call(name, keys, args))
-                continue
-            if isinstance(reply, Exception):
-                with self._translate_errors():
-                    raise reply
-            replies.append(_plain(reply))
-        return replies
+        return self._replies(calls, mine.replies)
 
     def _reset_group(self) -> None:
         self._group_lock = threading.Lock()

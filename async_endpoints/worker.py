@@ -36,6 +36,8 @@ _JITTER = random.Random()
 """The workers' own generator: background threads leave the global one (which
 an application or its tests may seed) alone."""
 _TOLD_GRACE = 1.0
+_STOP_WAITING_BOUND = 2.0
+"""How long stop() waits for the store to end the dispatcher's wait, in seconds."""
 _PRUNE_EVERY = 6
 """Sweeps between two prunings of the listing indexes (a read prunes too)."""
 _CALLBACK_THREADS = 4
@@ -164,11 +166,15 @@ class Worker:
         if not self._started:
             return
         # The dispatcher's wait ends now, and the claim sent behind it takes
-        # nothing (stop() waits for a claim in flight). On a thread of its own:
-        # a store that does not answer must not eat into the grace period.
-        threading.Thread(
+        # nothing (stop() waits for a claim in flight); before any hand-back,
+        # whose wake-up would otherwise let that claim take the job again. On a
+        # thread of its own, waited for briefly: a store that does not answer
+        # must not hold the stop for long.
+        ending = threading.Thread(
             target=self._stop_waiting, name=f"{self._name}-stop", daemon=True
-        ).start()
+        )
+        ending.start()
+        ending.join(_STOP_WAITING_BOUND)
         atexit.unregister(self._at_exit)
         deadline = time.monotonic() + grace
         with self._lock:

@@ -217,13 +217,21 @@ def test_the_dashboard_in_a_browser(
     from selenium.common.exceptions import (
         NoSuchElementException,
         StaleElementReferenceException,
+        WebDriverException,
     )
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait as Wait
 
     def WebDriverWait(driver: Any, seconds: float) -> Any:  # noqa: N802 - as selenium's
-        # A page that is being replaced (after a click) has stale elements.
-        ignored = (StaleElementReferenceException, NoSuchElementException)
+        # A page that is being replaced (after a click) has stale elements, and
+        # Chrome may say so as "Node with given id does not belong to the
+        # document" (a plain WebDriverException); the wait still fails when its
+        # condition never holds.
+        ignored = (
+            StaleElementReferenceException,
+            NoSuchElementException,
+            WebDriverException,
+        )
         return Wait(driver, seconds, ignored_exceptions=ignored)
 
     app, ae, port = served

@@ -590,20 +590,22 @@ def test_a_run_waits_a_moment_for_its_handler_to_be_registered() -> None:
     assert done.result == "ran"
 
 
+@pytest.mark.redis
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_a_job_claimed_behind_a_wait_starts_only_once_confirmed(
-    concurrency: int,
+    redis_server: RedisServer, concurrency: int
 ) -> None:
     """A claim made behind a wait is provisional (its recovery would hand the
     job back uncharged) until the worker is heard from: no run may start
     before the write that confirms it has left (with the next wait, or on its
     own when no slot is left for one)."""
-    import fakeredis
-
     from async_endpoints.stores.redis import RedisStore
     from async_endpoints.worker import Worker
 
-    client = fakeredis.FakeRedis()
+    # A real server: fakeredis runs a BLPOP when it is written, so a write
+    # that carries one is "out" only when the wait is over.
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
     app = Flask(__name__)
     app.config.update(
         ASYNC_ENDPOINTS_MAX_CONCURRENCY=concurrency,
@@ -614,8 +616,8 @@ def test_a_job_claimed_behind_a_wait_starts_only_once_confirmed(
 
     @ae.post("/look", name="Look")
     def look(ctx: AsyncContext) -> None:
-        # The confirmation was written before this run started (fakeredis
-        # applies a write as it is made).
+        # The confirmation was written before this run started, on the
+        # connection that reached Redis first.
         seen.append(client.hget(f"{{confirm}}:job:{ctx.job_id}", "pv"))
 
     worker = Worker(ae._states[app].manager)
@@ -629,4 +631,5 @@ def test_a_job_claimed_behind_a_wait_starts_only_once_confirmed(
             wait_until(lambda: len(seen) == len(ids), 10, "the job to run")
     finally:
         worker.stop(grace=5)
+        client.close()
     assert seen == [None, None, None]

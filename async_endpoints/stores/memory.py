@@ -935,7 +935,15 @@ class MemoryStore:
 
         Wakes on any change, or when the earliest scheduled job falls due.
         """
+        return self._wait(timeout, None)
+
+    def _wait(self, timeout: float, worker: str | None) -> bool:
+        """:meth:`wait_for_work`; for ``worker``, also ended (at once, or as it
+        comes) by :meth:`stop_waiting`, judged under the lock so that a stop
+        between the check and the wait is not missed."""
         with self._lock:
+            if worker is not None and worker in self._stopped_workers:
+                return True
             if self._notified:
                 self._notified -= 1
                 return True
@@ -947,7 +955,9 @@ class MemoryStore:
                 timeout = min(timeout, until_due)
             generation = self._generation
             changed = self._changed.wait_for(
-                lambda: self._generation != generation, timeout
+                lambda: self._generation != generation
+                or (worker is not None and worker in self._stopped_workers),
+                timeout,
             )
             return changed or due_first
 
@@ -968,10 +978,10 @@ class MemoryStore:
         if on_sent is not None:
             on_sent()
         started = time.monotonic()
-        if owner not in self._stopped_workers:
-            self.wait_for_work(timeout)
-        if owner in self._stopped_workers:
-            return []
+        self._wait(timeout, owner)
+        with self._lock:
+            if owner in self._stopped_workers:
+                return []
         return self.claim(
             owner,
             limit=limit,
